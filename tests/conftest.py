@@ -1,0 +1,36 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+transformers.logging.set_verbosity_error()
+transformers.logging.disable_progress_bar()
+
+ROOT = Path(__file__).resolve().parents[1]
+REALDATA = Path(os.environ.get("VOCOCLI_REALDATA", ROOT.parent / "shared" / "realdata"))
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A tiny random checkpoint folder, made once per test run."""
+    from vococli.tiny import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_ckpt):
+    from vococli.model import load_model
+
+    return load_model(tiny_ckpt, device="cpu", dtype="float32")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,177 @@
+"""The .voco cache: a folder of numbered safetensors chunks (format in docs/cache-format.md).
+
+Each chunk holds `keys` and `values` shaped (layers, frames, kv_heads, K, head_dim) in the model
+dtype, `timestamps` (frames,) float64, and the whole metadata as a JSON string under the
+safetensors metadata key "vococli". Chunks are written to a temporary name and renamed, so a
+chunk on disk is complete or absent; an interrupted compress resumes after the last chunk.
+The last chunk carries `"final": true`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import UserError
+from .video_cache import VideoCache
+
+FORMAT = "vococli-cache"
+FORMAT_VERSION = 1
+CHUNK_GLOB = "chunk-*.safetensors"
+# metadata fields that must agree for a resume to continue an existing cache
+RESUME_KEYS = ("format", "format_version", "model_fingerprint", "k", "c0", "dtype", "video", "sampling",
+               "planned_frames")
+
+
+def video_identity(path: Path) -> dict:
+    """Size, mtime and a hash of the first and last MiB: cheap and enough to tell videos apart."""
+    st = path.stat()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, st.st_size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return {"name": path.name, "size": st.st_size, "mtime": int(st.st_mtime), "sha256_ends": h.hexdigest()[:32]}
+
+
+def same_video(a: dict, b: dict) -> bool:
+    return a.get("size") == b.get("size") and a.get("sha256_ends") == b.get("sha256_ends")
+
+
+def chunk_path(root: Path, i: int) -> Path:
+    return root / f"chunk-{i:05d}.safetensors"
+
+
+@dataclass
+class Chunk:
+    path: Path
+    meta: dict
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get("vococli")
+    except Exception as e:
+        raise UserError(f"{path}: unreadable cache chunk, truncated or not a safetensors file ({e})") from None
+    if raw is None:
+        raise UserError(f"{path}: not a vococli cache chunk (no vococli metadata)")
+    meta = json.loads(raw)
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path}: not a vococli cache chunk")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{path}: cache format version {meta.get('format_version')}, this vococli reads "
+                        f"version {FORMAT_VERSION}; compress the video again")
+    return meta
+
+
+def list_chunks(root: Path) -> list[Chunk]:
+    """All chunks in order, each validated; refuses gaps and unreadable chunks."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"{root}: cache not found")
+    if not root.is_dir():
+        raise UserError(f"{root}: not a vococli cache (expected a .voco folder)")
+    chunks = [Chunk(p, _read_meta(p)) for p in sorted(root.glob(CHUNK_GLOB))]
+    for i, c in enumerate(chunks):
+        if c.meta["chunk"] != i:
+            raise UserError(f"{root}: chunk {i} is missing; the cache is incomplete")
+    return chunks
+
+
+def read_info(root: Path) -> dict:
+    """Metadata of a cache (from its last chunk) with totals over all chunks."""
+    chunks = list_chunks(root)
+    if not chunks:
+        raise UserError(f"{root}: empty cache folder (no chunks)")
+    meta = dict(chunks[-1].meta)
+    meta["frames"] = sum(c.meta["frames"] for c in chunks)
+    meta["chunks"] = len(chunks)
+    meta["bytes"] = sum(c.path.stat().st_size for c in chunks)
+    return meta
+
+
+def load_cache(root: Path, fingerprint: str | None = None, allow_partial: bool = False) -> VideoCache:
+    """Load every chunk into one VideoCache; refuses unfinished caches and foreign models."""
+    root = Path(root)
+    chunks = list_chunks(root)
+    if not chunks or not (chunks[-1].meta.get("final") or allow_partial):
+        raise UserError(f"{root}: the cache is unfinished; run `vococli compress` again to complete it")
+    meta = chunks[-1].meta
+    if fingerprint is not None and meta["model_fingerprint"] != fingerprint:
+        raise UserError(f"{root}: made by another model (fingerprint {meta['model_fingerprint']}, "
+                        f"this model is {fingerprint}); compress the video with this model")
+    keys, values, stamps = [], [], []
+    for c in chunks:
+        try:
+            with safe_open(str(c.path), framework="pt") as f:
+                keys.append(f.get_tensor("keys"))
+                values.append(f.get_tensor("values"))
+                stamps.append(f.get_tensor("timestamps").numpy())
+        except Exception as e:
+            raise UserError(f"{c.path}: damaged cache chunk ({e})") from None
+    k, v = torch.cat(keys, dim=1), torch.cat(values, dim=1)
+    if k.shape[1] == 0:
+        raise UserError(f"{root}: the cache holds no frames")
+    return VideoCache(keys=k, values=v, timestamps=np.concatenate(stamps), meta=dict(meta))
+
+
+class CacheWriter:
+    """Writes chunks of a cache; on open, finds where an earlier run of the same job stopped."""
+
+    def __init__(self, root: Path, meta: dict, overwrite: bool = False):
+        self.root = Path(root)
+        self.meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
+        self.next_chunk, self.targets_done, self.frames_done, self.lost = 0, 0, 0, 0
+        self.finished = False
+        if self.root.exists() and overwrite:
+            self._remove()
+        if self.root.exists():
+            self._resume()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _remove(self) -> None:
+        if self.root.is_dir() and all(p.suffix in (".safetensors", ".tmp") for p in self.root.iterdir()):
+            shutil.rmtree(self.root)
+        else:
+            raise UserError(f"{self.root}: exists and is not a vococli cache; not removing it")
+
+    def _resume(self) -> None:
+        chunks = list_chunks(self.root)
+        if not chunks:
+            return
+        last = chunks[-1].meta
+        for key in RESUME_KEYS:
+            equal = same_video(last[key], self.meta[key]) if key == "video" else last[key] == self.meta[key]
+            if not equal:
+                raise UserError(f"{self.root}: exists with a different {key.replace('_', ' ')}; "
+                                "pass --overwrite to replace it or choose another -o")
+        self.next_chunk = len(chunks)
+        self.targets_done = last["targets_done"]
+        self.frames_done = sum(c.meta["frames"] for c in chunks)
+        self.lost = last["frames_lost"]
+        self.finished = bool(last.get("final"))
+
+    def write(self, keys: torch.Tensor, values: torch.Tensor, timestamps: list[float],
+              targets_done: int, lost: int, final: bool) -> None:
+        """Append one chunk: keys/values (L, F, Hkv, K, D) of F frames."""
+        meta = dict(self.meta, chunk=self.next_chunk, frame_start=self.frames_done, frames=int(keys.shape[1]),
+                    targets_done=int(targets_done), frames_lost=int(lost), final=bool(final))
+        tensors = {"keys": keys.contiguous().cpu(), "values": values.contiguous().cpu(),
+                   "timestamps": torch.tensor(timestamps, dtype=torch.float64)}
+        path = chunk_path(self.root, self.next_chunk)
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp), metadata={"vococli": json.dumps(meta)})
+        os.replace(tmp, path)
+        self.next_chunk += 1
+        self.frames_done += int(keys.shape[1])
+        self.targets_done, self.lost, self.finished = int(targets_done), int(lost), bool(final)

@@ -1,0 +1,287 @@
+"""The `vococli` command line: a thin layer over the Python API.
+
+Exit codes: 0 ok, 1 user error (bad file, bad flag), 2 internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Answer questions about long videos from compact VoCo caches.")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint folder (or hub id when online).")
+DeviceOpt = typer.Option("auto", help="cpu, cuda, cuda:1 ... (auto: GPU when present).")
+DtypeOpt = typer.Option("auto", help="float32, bfloat16 or float16 (auto: bf16 on GPU, fp32 on CPU).")
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def _model_path(model: Optional[str]) -> str:
+    if model:
+        if not os.path.exists(model) and (model.count("/") != 1 or model.startswith((".", "/"))):
+            raise UserError(f"{model}: model folder not found")
+        return model
+    from .defaults import default_model_path
+
+    return default_model_path()
+
+
+def _progress(label: str) -> Progress:
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err, transient=False,
+                    disable=not err.is_terminal)
+
+
+@app.command()
+def compress(
+    video: Path = typer.Argument(..., help="Video file (mp4, mkv, webm, avi, mov ...)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Cache folder (default: VIDEO with .voco)."),
+    model: Optional[str] = ModelOpt,
+    fps: float = typer.Option(1.0, help="Frames sampled per second of video."),
+    max_frames: Optional[int] = typer.Option(None, help="Cap on frames; spreads them evenly when exceeded."),
+    start: float = typer.Option(0.0, help="Start time in seconds."),
+    end: Optional[float] = typer.Option(None, help="End time in seconds (default: end of video)."),
+    voco_tokens: Optional[int] = typer.Option(None, help="VoCo tokens per frame (default: the checkpoint's)."),
+    batch_size: int = typer.Option(8, help="Frames per forward pass."),
+    chunk_frames: int = typer.Option(128, help="Frames per cache chunk (the unit of resuming)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing cache instead of resuming it."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Compress a video into a VoCo cache (resumes an interrupted run of the same job)."""
+    from .compress import compress_video
+    from .model import load_model
+    from .video import Sampling
+
+    _quiet_transformers()
+    if not video.exists():
+        raise UserError(f"{video}: file not found")
+    m = load_model(_model_path(model), device=device, dtype=dtype, voco_tokens=voco_tokens)
+    sampling = Sampling(fps=fps, start=start, end=end, max_frames=max_frames)
+    with _progress("compress") as bar:
+        task = bar.add_task("frames", total=None, rate="")
+        clock = {}
+
+        def on_progress(done: int, total: int) -> None:
+            import time
+
+            now = time.perf_counter()
+            clock.setdefault("t0", now)
+            clock.setdefault("d0", done)
+            dt = now - clock["t0"]
+            rate = f"{(done - clock['d0']) / dt:.1f} frames/s" if dt > 0 else ""
+            bar.update(task, total=total, completed=done, rate=rate)
+
+        res = compress_video(m, video, output, sampling, batch_size=batch_size, chunk_frames=chunk_frames,
+                             overwrite=overwrite, progress=on_progress, notice=lambda s: err.print(s))
+    if as_json:
+        out.print_json(json.dumps(res.to_dict()))
+    else:
+        out.print(f"{res.path}: {res.frames} frames, K={m.layout.k}; compressed {res.computed} frames in "
+                  f"{res.seconds:.1f} s ({res.frames_per_s:.1f} frames/s, {res.backend})")
+
+
+def _gen_config(max_new_tokens: int, temperature: float, top_p: float, seed: int):
+    from .answer import GenerationConfig
+
+    if max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise UserError("--temperature must be >= 0 and --top-p in (0, 1]")
+    return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+
+
+def _load_for_answering(cache: Path, model, device, dtype, load_4bit, reserve, subsample):
+    from .cache_file import load_cache, read_info
+    from .model import load_model
+    from .video_cache import fit_to_context
+
+    _quiet_transformers()
+    info = read_info(cache)  # validates the cache before the model is loaded
+    m = load_model(_model_path(model), device=device, dtype=dtype, vision=False, load_4bit=load_4bit,
+                   voco_tokens=info["k"])
+    video = load_cache(cache, fingerprint=m.fingerprint)
+    return m, fit_to_context(m, video, reserve, subsample, notice=lambda s: err.print(s))
+
+
+@app.command()
+def ask(
+    cache: Path = typer.Argument(..., help="A .voco cache made by `vococli compress`."),
+    question: Optional[str] = typer.Argument(None, help="The question."),
+    questions: list[str] = typer.Option([], "--question", "-q", help="More questions (repeatable), one cache load."),
+    model: Optional[str] = ModelOpt,
+    max_new_tokens: int = typer.Option(128, help="Longest answer in tokens."),
+    temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass (with --temperature)."),
+    seed: int = typer.Option(0, help="Seed for sampling."),
+    stream: bool = typer.Option(False, help="Print answer tokens as they are generated."),
+    load_4bit: bool = typer.Option(False, "--load-4bit", help="Load the language model in 4-bit nf4 (bitsandbytes)."),
+    subsample: bool = typer.Option(False, help="Use evenly spaced frames when the cache exceeds the context."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print answers and timings as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print time to first token and tokens/s."),
+):
+    """Answer questions about a compressed video."""
+    from .answer import Session
+
+    qs = ([question] if question else []) + list(questions)
+    if not qs:
+        raise UserError("give a question (ask CACHE \"question\" or -q \"question\")")
+    gen = _gen_config(max_new_tokens, temperature, top_p, seed)
+    m, video = _load_for_answering(cache, model, device, dtype, load_4bit, 64 + max_new_tokens, subsample)
+    session = Session(m, video)
+    results = []
+    for q in qs:
+        session.reset()
+        if len(qs) > 1 and not as_json:
+            out.print(f"[bold]Q:[/bold] {q}")
+        if stream and not as_json:
+            ans = session.ask(q, gen, on_text=lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+            sys.stdout.write("\n")
+        else:
+            ans = session.ask(q, gen)
+            if not as_json:
+                out.print(ans.text, markup=False)
+        if verbose and not as_json:
+            err.print(f"[dim]{ans.prompt_tokens} prompt tokens, {len(ans.token_ids)} answer tokens; "
+                      f"time to first token {ans.time_to_first_token_s * 1000:.0f} ms, "
+                      f"{ans.decode_tokens_per_s:.1f} tokens/s[/dim]")
+        results.append(ans.to_dict())
+    if as_json:
+        out.print_json(json.dumps({"cache": str(cache), "frames": video.n_frames, "answers": results}))
+
+
+@app.command()
+def chat(
+    cache: Path = typer.Argument(..., help="A .voco cache made by `vococli compress`."),
+    model: Optional[str] = ModelOpt,
+    max_new_tokens: int = typer.Option(128, help="Longest answer per turn in tokens."),
+    temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass (with --temperature)."),
+    seed: int = typer.Option(0, help="Seed for sampling."),
+    load_4bit: bool = typer.Option(False, "--load-4bit", help="Load the language model in 4-bit nf4 (bitsandbytes)."),
+    subsample: bool = typer.Option(False, help="Use evenly spaced frames when the cache exceeds the context."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+):
+    """Talk about a compressed video, turn by turn (earlier turns stay in the key/value state).
+
+    Type a question and press Enter; `/reset` forgets earlier turns; `/quit` or Ctrl-D ends.
+    """
+    from .answer import Session
+
+    gen = _gen_config(max_new_tokens, temperature, top_p, seed)
+    m, video = _load_for_answering(cache, model, device, dtype, load_4bit, 512 + max_new_tokens, subsample)
+    session = Session(m, video)
+    err.print(f"[dim]{video.n_frames} frames loaded. /reset forgets earlier turns, /quit ends.[/dim]")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            sys.stdout.write("\n")
+            return
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/reset":
+            session.reset()
+            continue
+        sys.stdout.write("vococli> ")
+        try:
+            session.ask(line, gen, on_text=lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+        except UserError as e:
+            err.print(f"error: {e}")
+        sys.stdout.write("\n")
+
+
+@app.command()
+def info(
+    cache: Path = typer.Argument(..., help="A .voco cache."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metadata as JSON."),
+):
+    """Show what a cache holds: frames, duration, K, model fingerprint, size."""
+    from .cache_file import read_info
+
+    meta = read_info(cache)
+    if as_json:
+        out.print_json(json.dumps(meta))
+        return
+    v = meta["video"]
+    s = meta["sampling"]
+    rows = [
+        ("video", f"{v['name']} ({v['size']:,} bytes, {meta['video_duration_s']:.2f} s)"),
+        ("frames", f"{meta['frames']} of {meta['planned_frames']} planned"
+                   + (f", {meta['frames_lost']} lost" if meta.get("frames_lost") else "")
+                   + ("" if meta.get("final") else " (unfinished)")),
+        ("sampling", f"fps={s['fps']} start={s['start']} end={s['end']} max_frames={s['max_frames']}"),
+        ("voco tokens", f"K={meta['k']} per frame, first VoCo position c0={meta['c0']}"),
+        ("model", f"{meta['model_fingerprint']} ({meta['model_path']})"),
+        ("dtype", meta["dtype"]),
+        ("size", f"{meta['bytes'] / 2**20:.2f} MiB in {meta['chunks']} chunk(s), "
+                 f"{meta['bytes'] / max(1, meta['frames']) / 2**10:.1f} KiB per frame"),
+    ]
+    for k, v in rows:
+        out.print(f"[bold]{k:>12}[/bold]  {v}")
+
+
+@app.command("tiny-model")
+def tiny_model(
+    output: Path = typer.Argument(..., help="Folder to create."),
+    voco_tokens: int = typer.Option(2, help="VoCo tokens per frame stored in the config."),
+    seed: int = typer.Option(0, help="Seed of the random weights."),
+):
+    """Create a tiny RANDOM checkpoint (for tests and smoke runs; its answers are meaningless)."""
+    from .tiny import TinyConfig, make_tiny_checkpoint
+
+    _quiet_transformers()
+    if output.exists() and any(output.iterdir()):
+        raise UserError(f"{output}: exists and is not empty")
+    make_tiny_checkpoint(output, TinyConfig(voco_tokens=voco_tokens, seed=seed))
+    out.print(f"{output}: tiny random checkpoint (K={voco_tokens}); it runs every command but does not "
+              "answer meaningfully")
+
+
+def main() -> None:
+    """Entry point: map user errors to exit code 1 and one line, crashes to exit code 2."""
+    try:
+        app()
+    except SystemExit as e:
+        if e.code == 2:  # click reports a bad flag or a missing argument with 2
+            sys.exit(1)
+        raise
+    except UserError as e:
+        err.print(f"error: {e}", markup=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted; completed cache chunks are kept and `compress` resumes from them")
+        sys.exit(130)
+    except Exception as e:  # a bug: say so in one line; VOCOCLI_DEBUG=1 shows the traceback
+        if os.environ.get("VOCOCLI_DEBUG"):
+            raise
+        err.print(f"internal error: {type(e).__name__}: {e} (set VOCOCLI_DEBUG=1 for the traceback)", markup=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Video file -> .voco cache: read frames in batches, preprocess, stage 1, write chunks.
+
+Only one batch of pixels is in memory at a time; compressed frames are buffered until a chunk
+is full. An interrupted run resumes after its last complete chunk; a finished one is not redone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .cache_file import CacheWriter, video_identity
+from .errors import UserError
+from .model import VocoModel
+from .preprocess import to_pixels
+from .stage1 import compress_pixels
+from .video import Sampling, VideoReader, plan_frames
+
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+@dataclass
+class CompressResult:
+    path: Path
+    frames: int  # frames in the cache
+    planned: int  # frames the sampling asked for
+    lost: int  # planned frames that could not be decoded
+    computed: int  # frames compressed by this run (0 when the cache was already complete)
+    seconds: float
+    backend: str
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {"cache": str(self.path), "frames": self.frames, "planned": self.planned, "lost": self.lost,
+                "computed": self.computed, "seconds": round(self.seconds, 3),
+                "frames_per_s": round(self.frames_per_s, 2), "backend": self.backend}
+
+
+def default_output(video: Path) -> Path:
+    return Path(video).with_suffix(".voco")
+
+
+def compress_video(model: VocoModel, video: str | Path, out: str | Path | None = None,
+                   sampling: Sampling = Sampling(), batch_size: int = 8, chunk_frames: int = 128,
+                   overwrite: bool = False,
+                   progress: Callable[[int, int], None] | None = None,
+                   notice: Callable[[str], None] = print) -> CompressResult:
+    """Compress `video` into a .voco cache folder with `model` (which must include the vision tower).
+
+    `progress(done, total)` is called after every batch with counts of planned frames.
+    """
+    if model.llava is None:
+        raise UserError("compress needs the full model with its vision tower")
+    if batch_size < 1 or chunk_frames < 1:
+        raise UserError("--batch-size and --chunk-frames must be at least 1")
+    t_start = time.perf_counter()
+    video = Path(video)
+    out = Path(out) if out is not None else default_output(video)
+    reader = VideoReader(video)
+    plan = plan_frames(reader.timestamps, sampling)
+    lay = model.layout
+    meta = {
+        "model_fingerprint": model.fingerprint, "model_path": model.path, "k": lay.k, "c0": lay.c0,
+        "n_image": lay.n_image, "dtype": DTYPE_NAMES[model.dtype], "video": video_identity(video),
+        "sampling": sampling.to_dict(), "planned_frames": int(len(plan)), "backend": reader.backend,
+        "video_duration_s": round(reader.duration, 6),
+    }
+    writer = CacheWriter(out, meta, overwrite=overwrite)
+    total = len(plan)
+    if writer.finished:
+        notice(f"{out}: already complete ({writer.frames_done} frames); nothing to do")
+        return CompressResult(out, writer.frames_done, total, writer.lost, 0, time.perf_counter() - t_start,
+                              reader.backend)
+    if writer.targets_done:
+        notice(f"{out}: resuming after frame {writer.targets_done} of {total}")
+    start = writer.targets_done
+    lost_before = writer.lost
+    keys, values, stamps = [], [], []
+    buffered, computed, seen = 0, 0, start
+    if progress:
+        progress(start, total)
+    for batch in reader.read(plan[start:], batch_size):
+        pixels = to_pixels(batch.frames, model.image, model.device, model.dtype)
+        k, v = compress_pixels(model, pixels)  # (L, B, Hkv, K, D)
+        keys.append(k.cpu())
+        values.append(v.cpu())
+        stamps += batch.timestamps
+        buffered += k.shape[1]
+        computed += k.shape[1]
+        seen = start + batch.indices[-1] + 1
+        if buffered >= chunk_frames:
+            writer.write(torch.cat(keys, 1), torch.cat(values, 1), stamps, seen,
+                         lost_before + (seen - start) - computed, final=False)
+            keys, values, stamps, buffered = [], [], [], 0
+        if progress:
+            progress(seen, total)
+    lost = lost_before + (total - start) - computed
+    if writer.frames_done + buffered == 0:
+        raise UserError(f"{video}: no frame could be decoded")
+    empty = torch.zeros((0,), dtype=model.dtype)
+    k_all = torch.cat(keys, 1) if keys else _empty_like_chunk(model, empty)
+    v_all = torch.cat(values, 1) if values else _empty_like_chunk(model, empty)
+    writer.write(k_all, v_all, stamps, total, lost, final=True)
+    if progress:
+        progress(total, total)
+    if lost:
+        notice(f"note: {lost} of {total} planned frames could not be decoded (damaged video) and were skipped")
+    return CompressResult(out, writer.frames_done, total, lost, computed, time.perf_counter() - t_start,
+                          reader.backend)
+
+
+def _empty_like_chunk(model: VocoModel, like: torch.Tensor) -> torch.Tensor:
+    cfg = model.text_config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    shape = (cfg.num_hidden_layers, 0, cfg.num_key_value_heads, model.layout.k, head_dim)
+    return torch.zeros(shape, dtype=like.dtype)

@@ -1,0 +1,57 @@
+"""Stage 1: compress frames into the keys/values of their K VoCo tokens.
+
+Each frame runs as `[BOS, image tokens, separator, <voco> x K]` with plain causal attention at the
+canonical positions 0..frame_len-1; only the K VoCo positions' keys and values of every layer are
+kept. Frames are independent, so a batch of frames is one batched forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from .model import VocoModel
+
+
+@torch.inference_mode()
+def image_features(model: VocoModel, pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) -> (B, n_image, hidden): vision tower (layer -2, patch tokens) + projector."""
+    cfg = model.llava.config
+    out = model.llava.model.get_image_features(
+        pixel_values=pixels,
+        vision_feature_layer=cfg.vision_feature_layer,
+        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
+    )
+    feats = out.pooler_output if hasattr(out, "pooler_output") else out
+    return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+
+
+def frame_embeddings(model: VocoModel, feats: torch.Tensor) -> torch.Tensor:
+    """(B, n_image, hidden) image features -> (B, frame_len, hidden) stage-1 input embeddings."""
+    lay = model.layout
+    embed = model.language_model.get_input_embeddings()
+    dev = feats.device
+    head = embed(torch.tensor([lay.bos_id], device=dev))  # (1, hidden)
+    tail = embed(torch.tensor(list(lay.separator_ids) + [lay.voco_id] * lay.k, device=dev))
+    b = feats.shape[0]
+    return torch.cat([head.expand(b, -1, -1), feats.to(head.dtype), tail.expand(b, -1, -1)], dim=1)
+
+
+@torch.inference_mode()
+def compress_embeddings(model: VocoModel, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal prefill of stage-1 embeddings; returns VoCo keys, values (L, B, Hkv, K, D)."""
+    lay = model.layout
+    b, n, _ = embeds.shape
+    positions = torch.arange(n, device=embeds.device).expand(b, n)
+    cache = DynamicCache(config=model.text_config)
+    model.language_model(inputs_embeds=embeds, position_ids=positions, past_key_values=cache, use_cache=True)
+    voco = slice(lay.c0, lay.c0 + lay.k)
+    keys = torch.stack([layer.keys[:, :, voco] for layer in cache.layers])  # (L, B, Hkv, K, D)
+    values = torch.stack([layer.values[:, :, voco] for layer in cache.layers])
+    return keys, values
+
+
+@torch.inference_mode()
+def compress_pixels(model: VocoModel, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, S, S) pixel batch -> VoCo keys, values (L, B, Hkv, K, D)."""
+    return compress_embeddings(model, frame_embeddings(model, image_features(model, pixels)))
