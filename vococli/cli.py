@@ -161,7 +161,7 @@ def ask(
         else:
             ans = session.ask(q, gen)
             if not as_json:
-                out.print(ans.text, markup=False)
+                sys.stdout.write(ans.text + "\n")
         if verbose and not as_json:
             err.print(f"[dim]{ans.prompt_tokens} prompt tokens, {len(ans.token_ids)} answer tokens; "
                       f"time to first token {ans.time_to_first_token_s * 1000:.0f} ms, "

@@ -1,0 +1,134 @@
+"""The .voco cache: bit-exact round trip, resume without recomputation, refusals."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import vococli.compress as compress_mod
+from conftest import ROOT
+from vococli.cache_file import chunk_path, load_cache, read_info
+from vococli.compress import compress_video
+from vococli.errors import UserError
+from vococli.preprocess import to_pixels
+from vococli.stage1 import compress_pixels
+from vococli.video import Sampling, VideoReader, plan_frames
+
+CLIP = ROOT / "video" / "pancake.mkv"
+SAMPLING = Sampling(fps=2)  # 21 frames
+
+
+def test_round_trip_is_bit_exact(tiny_model, tmp_path):
+    res = compress_video(tiny_model, CLIP, tmp_path / "a.voco", SAMPLING, batch_size=4, chunk_frames=8,
+                         notice=lambda s: None)
+    assert (res.frames, res.planned, res.lost, res.computed) == (21, 21, 0, 21)
+    video = load_cache(res.path, fingerprint=tiny_model.fingerprint)
+    # independent recomputation: all planned frames in one batch
+    r = VideoReader(CLIP)
+    idx = plan_frames(r.timestamps, SAMPLING)
+    frames = np.concatenate([b.frames for b in r.read(idx, 64)])
+    keys, values = compress_pixels(tiny_model, to_pixels(frames, tiny_model.image, tiny_model.device,
+                                                         tiny_model.dtype))
+    torch.testing.assert_close(video.keys, keys, atol=1e-5, rtol=1e-5)  # batch size may change the sums
+    torch.testing.assert_close(video.values, values, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(video.timestamps, r.timestamps[idx])
+    # the stored tensors come back exactly
+    from safetensors.torch import load_file
+
+    first = load_file(str(chunk_path(res.path, 0)))
+    assert torch.equal(first["keys"], video.keys[:, :8])
+    info = read_info(res.path)
+    assert info["frames"] == 21 and info["chunks"] == 3 and info["k"] == tiny_model.layout.k
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_computes_no_frame_twice(tiny_model, tmp_path, monkeypatch):
+    calls = []
+    real = compress_mod.compress_pixels
+
+    def counting(model, pixels):
+        calls.append(pixels.shape[0])
+        return real(model, pixels)
+
+    monkeypatch.setattr(compress_mod, "compress_pixels", counting)
+    out = tmp_path / "b.voco"
+
+    def stop_after_two_chunks(done, total):
+        if done >= 17:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        compress_video(tiny_model, CLIP, out, SAMPLING, batch_size=4, chunk_frames=8,
+                       progress=stop_after_two_chunks, notice=lambda s: None)
+    first_run = sum(calls)
+    assert len(list(out.glob("chunk-*.safetensors"))) == 2  # 16 frames safely on disk
+    with pytest.raises(UserError, match="unfinished"):
+        load_cache(out)
+    calls.clear()
+    res = compress_video(tiny_model, CLIP, out, SAMPLING, batch_size=4, chunk_frames=8, notice=lambda s: None)
+    assert sum(calls) == 21 - 16 and res.computed == 5 and first_run == 20
+    resumed = load_cache(out)
+    whole = load_cache(compress_video(tiny_model, CLIP, tmp_path / "c.voco", SAMPLING, batch_size=4,
+                                      chunk_frames=8, notice=lambda s: None).path)
+    torch.testing.assert_close(resumed.keys, whole.keys, atol=0, rtol=0)
+    torch.testing.assert_close(resumed.values, whole.values, atol=0, rtol=0)
+    # a finished cache is not redone
+    calls.clear()
+    again = compress_video(tiny_model, CLIP, out, SAMPLING, batch_size=4, chunk_frames=8, notice=lambda s: None)
+    assert calls == [] and again.computed == 0 and again.frames == 21
+
+
+def test_resume_refuses_other_settings(tiny_model, tmp_path):
+    out = tmp_path / "d.voco"
+    compress_video(tiny_model, CLIP, out, SAMPLING, notice=lambda s: None)
+    with pytest.raises(UserError, match="different sampling"):
+        compress_video(tiny_model, CLIP, out, Sampling(fps=1), notice=lambda s: None)
+    res = compress_video(tiny_model, CLIP, out, Sampling(fps=1), overwrite=True, notice=lambda s: None)
+    assert res.frames == 11
+
+
+@pytest.fixture
+def cache(tiny_model, tmp_path):
+    return compress_video(tiny_model, CLIP, tmp_path / "e.voco", SAMPLING, chunk_frames=8,
+                          notice=lambda s: None).path
+
+
+def test_refuses_truncated_chunk(cache):
+    p = chunk_path(cache, 1)
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="chunk-00001"):
+        load_cache(cache)
+
+
+def test_refuses_missing_chunk(cache):
+    chunk_path(cache, 1).unlink()
+    with pytest.raises(UserError, match="missing"):
+        load_cache(cache)
+
+
+def test_refuses_foreign_model_and_other_format_version(cache):
+    with pytest.raises(UserError, match="another model"):
+        load_cache(cache, fingerprint="0123456789abcdef")
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    p = chunk_path(cache, 0)
+    with safe_open(str(p), framework="pt") as f:
+        meta = json.loads(f.metadata()["vococli"])
+    meta["format_version"] = 99
+    save_file(load_file(str(p)), str(p), metadata={"vococli": json.dumps(meta)})
+    with pytest.raises(UserError, match="format version 99"):
+        load_cache(cache)
+
+
+def test_refuses_non_cache(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_cache(tmp_path / "none.voco")
+    (tmp_path / "f.voco").write_text("hello")
+    with pytest.raises(UserError, match="not a vococli cache"):
+        load_cache(tmp_path / "f.voco")

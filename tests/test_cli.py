@@ -1,0 +1,83 @@
+"""The command line end to end on the sample clip with a tiny random checkpoint."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+CLIP = ROOT / "video" / "pancake.mkv"
+
+
+def run(*args, **kw):
+    env = dict(os.environ, VOCOCLI_MODEL="")
+    return subprocess.run([sys.executable, "-m", "vococli.cli", *map(str, args)], capture_output=True,
+                          text=True, env=env, timeout=300, **kw)
+
+
+@pytest.fixture(scope="module")
+def compressed(tiny_ckpt, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "pancake.voco"
+    r = run("compress", CLIP, "-o", out, "--model", tiny_ckpt, "--fps", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    return out, json.loads(r.stdout)
+
+
+def test_compress_json(compressed):
+    out, res = compressed
+    assert res["frames"] == 11 and res["lost"] == 0 and res["cache"] == str(out)
+
+
+def test_info(compressed, tiny_ckpt):
+    out, _ = compressed
+    r = run("info", out, "--json")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads(r.stdout)
+    assert meta["frames"] == 11 and meta["k"] == 2 and meta["final"] is True
+    r = run("info", out)
+    assert "K=2" in r.stdout and "pancake.mkv" in r.stdout
+
+
+def test_ask_json_several_questions(compressed, tiny_ckpt):
+    out, _ = compressed
+    r = run("ask", out, "what is here?", "-q", "and then?", "--model", tiny_ckpt, "--json",
+            "--max-new-tokens", "6")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["frames"] == 11 and [a["question"] for a in res["answers"]] == ["what is here?", "and then?"]
+    for a in res["answers"]:
+        assert 1 <= a["tokens"] <= 6 and a["time_to_first_token_s"] > 0
+
+
+def test_ask_stream_matches_plain(compressed, tiny_ckpt):
+    out, _ = compressed
+    plain = run("ask", out, "what is here?", "--model", tiny_ckpt, "--max-new-tokens", "8")
+    streamed = run("ask", out, "what is here?", "--model", tiny_ckpt, "--max-new-tokens", "8", "--stream")
+    assert plain.returncode == streamed.returncode == 0
+    assert plain.stdout.strip() == streamed.stdout.strip()
+
+
+def test_chat_reads_turns_from_stdin(compressed, tiny_ckpt):
+    out, _ = compressed
+    r = run("chat", out, "--model", tiny_ckpt, "--max-new-tokens", "4", input="hello?\n/reset\nagain?\n/quit\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("vococli>") == 2
+
+
+def test_user_errors_exit_1_with_one_line(tmp_path, tiny_ckpt):
+    junk = tmp_path / "junk.mp4"
+    junk.write_text("this is text, not video")
+    for args in (("compress", tmp_path / "missing.mp4", "--model", tiny_ckpt),
+                 ("compress", junk, "--model", tiny_ckpt),
+                 ("ask", tmp_path / "missing.voco", "q", "--model", tiny_ckpt),
+                 ("compress", CLIP, "--model", tmp_path / "no-model"),
+                 ("compress", CLIP, "--model", tiny_ckpt, "--fps", "0", "-o", tmp_path / "x.voco")):
+        r = run(*args)
+        assert r.returncode == 1, (args, r.stderr)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+        assert "Traceback" not in r.stderr
+    assert run("ask", "--no-such-flag").returncode == 1
