@@ -24,8 +24,8 @@ def one_forward_logits(model, pixels, ids):
     t = embeds.shape[0]
     text = model.language_model.get_input_embeddings()(ids)  # (1, N, H)
     seq = torch.cat([embeds.reshape(1, -1, embeds.shape[-1]), text], dim=1)
-    mask = voco_mask(model.layout, t, ids.shape[1], model.dtype)
-    pos = voco_positions(model.layout, t, ids.shape[1]).view(1, -1)
+    mask = voco_mask(model.layout, t, ids.shape[1], model.dtype).to(model.device)
+    pos = voco_positions(model.layout, t, ids.shape[1]).view(1, -1).to(model.device)
     with torch.inference_mode():
         logits = model.llava(inputs_embeds=seq, attention_mask=mask, position_ids=pos).logits
     return logits[0, -ids.shape[1]:].float()

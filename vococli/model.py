@@ -157,7 +157,7 @@ def _check_folder(path: Path) -> Path:
     return path
 
 
-def _bnb_config():
+def _bnb_config(compute_dtype: torch.dtype):
     try:
         import bitsandbytes  # noqa: F401
     except Exception as e:  # ImportError, or a broken native library
@@ -165,7 +165,7 @@ def _bnb_config():
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_compute_dtype=torch.bfloat16,
+                              bnb_4bit_compute_dtype=compute_dtype,
                               llm_int8_skip_modules=["lm_head"])
 
 
@@ -198,7 +198,7 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | None = 
     else:
         llava = None
         if load_4bit:
-            kwargs["quantization_config"] = _bnb_config()
+            kwargs["quantization_config"] = _bnb_config(dt)
             kwargs["device_map"] = {"": dev}
         # Read only the language model's weights out of the Llava checkpoint.
         # On disk (llava-hf layout): language_model.model.* / language_model.lm_head.*;
