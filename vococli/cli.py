@@ -36,8 +36,6 @@ def _quiet_transformers() -> None:
 
 def _model_path(model: Optional[str]) -> str:
     if model:
-        if not os.path.exists(model) and (model.count("/") != 1 or model.startswith((".", "/"))):
-            raise UserError(f"{model}: model folder not found")
         return model
     from .defaults import default_model_path
 

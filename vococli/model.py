@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,7 +149,19 @@ def read_image_spec(path: Path, config) -> ImageSpec:
     return ImageSpec(size=size, mean=mean, std=std)
 
 
-def _check_folder(path: Path) -> Path:
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _check_folder(path: str | Path) -> Path:
+    """A local checkpoint folder; a hub id ("org/name") is downloaded only when no such folder exists."""
+    if not Path(path).exists() and HUB_ID.fullmatch(str(path)):
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = snapshot_download(str(path))
+        except Exception as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{path}: no such folder, and fetching it from the hub failed ({reason})") from None
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: model folder not found")
@@ -177,9 +190,10 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | None = 
     With `vision=False` only the language model and its head are loaded (all that answering
     needs); `load_4bit` quantises that language model to nf4 with bitsandbytes.
     """
+    import transformers
     from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM, LlavaForConditionalGeneration
 
-    path = _check_folder(Path(path))
+    path = _check_folder(path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if load_4bit and vision:
@@ -204,7 +218,13 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | None = 
         # On disk (llava-hf layout): language_model.model.* / language_model.lm_head.*;
         # newer saves use model.language_model.* / lm_head.*.
         mapping = {r"^language_model\.": "", r"^model\.language_model\.": "model."}
-        lm = LlamaForCausalLM.from_pretrained(path, config=config.text_config, key_mapping=mapping, **kwargs)
+        # the vision weights are skipped on purpose: silence the report that lists them as unexpected
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()
+        try:
+            lm = LlamaForCausalLM.from_pretrained(path, config=config.text_config, key_mapping=mapping, **kwargs)
+        finally:
+            transformers.logging.set_verbosity(verbosity)
         if not load_4bit:
             lm = lm.to(dev)
         lm.eval()
