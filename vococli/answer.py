@@ -84,6 +84,20 @@ def sample(logits: torch.Tensor, gen: GenerationConfig, rng: torch.Generator | N
     return int(order[choice])
 
 
+def render_prompt(model: VocoModel, messages: list[dict], generation_prompt: bool = True) -> str:
+    """The text that follows the VoCo block, from the checkpoint's chat template."""
+    tok = model.tokenizer
+    if not tok.chat_template:
+        raise UserError(f"{model.path}: the tokenizer has no chat template")
+    return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def prompt_length(model: VocoModel, question: str) -> int:
+    """Tokens of a single-turn prompt for `question`."""
+    text = render_prompt(model, [{"role": "user", "content": question}])
+    return len(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 class Session:
     """A conversation over one video cache; earlier turns stay in the key/value state."""
 
@@ -108,10 +122,7 @@ class Session:
         return self.first_pos + self.cache.get_seq_length() - self.base_len
 
     def _render(self, messages: list[dict], generation_prompt: bool) -> str:
-        tok = self.model.tokenizer
-        if not tok.chat_template:
-            raise UserError(f"{self.model.path}: the tokenizer has no chat template")
-        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        return render_prompt(self.model, messages, generation_prompt)
 
     def _prompt_ids(self, question: str) -> list[int]:
         new = self.messages + [{"role": "user", "content": question}]

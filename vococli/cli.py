@@ -108,7 +108,9 @@ def _gen_config(max_new_tokens: int, temperature: float, top_p: float, seed: int
     return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
 
 
-def _load_for_answering(cache: Path, model, device, dtype, load_4bit, reserve, subsample):
+def _load_for_answering(cache: Path, model, device, dtype, load_4bit, subsample, reserve):
+    """Load the answering model and the cache, fitted to the context; `reserve(model)` is the
+    number of positions the prompt and the answer need after the frames."""
     from .cache_file import load_cache, read_info
     from .model import load_model
     from .video_cache import fit_to_context
@@ -118,7 +120,7 @@ def _load_for_answering(cache: Path, model, device, dtype, load_4bit, reserve, s
     m = load_model(_model_path(model), device=device, dtype=dtype, vision=False, load_4bit=load_4bit,
                    voco_tokens=info["k"])
     video = load_cache(cache, fingerprint=m.fingerprint)
-    return m, fit_to_context(m, video, reserve, subsample, notice=lambda s: err.print(s))
+    return m, fit_to_context(m, video, reserve(m), subsample, notice=lambda s: err.print(s))
 
 
 @app.command()
@@ -146,7 +148,10 @@ def ask(
     if not qs:
         raise UserError("give a question (ask CACHE \"question\" or -q \"question\")")
     gen = _gen_config(max_new_tokens, temperature, top_p, seed)
-    m, video = _load_for_answering(cache, model, device, dtype, load_4bit, 64 + max_new_tokens, subsample)
+    from .answer import prompt_length
+
+    m, video = _load_for_answering(cache, model, device, dtype, load_4bit, subsample,
+                                   lambda m: max(prompt_length(m, q) for q in qs) + max_new_tokens)
     session = Session(m, video)
     results = []
     for q in qs:
@@ -189,7 +194,9 @@ def chat(
     from .answer import Session
 
     gen = _gen_config(max_new_tokens, temperature, top_p, seed)
-    m, video = _load_for_answering(cache, model, device, dtype, load_4bit, 512 + max_new_tokens, subsample)
+    # room for a few turns; a conversation that outgrows it is told to /reset
+    m, video = _load_for_answering(cache, model, device, dtype, load_4bit, subsample,
+                                   lambda m: 512 + max_new_tokens)
     session = Session(m, video)
     err.print(f"[dim]{video.n_frames} frames loaded. /reset forgets earlier turns, /quit ends.[/dim]")
     while True:
