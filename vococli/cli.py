@@ -250,6 +250,36 @@ def info(
         out.print(f"[bold]{k:>12}[/bold]  {v}")
 
 
+@app.command()
+def synth(
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder to write clips and annotations into."),
+    seed: int = typer.Option(0, help="Seed: the same seed writes the same annotations."),
+    count: int = typer.Option(100, help="Number of clips."),
+    kind: str = typer.Option("mix", help="frame, temporal, needle or mix."),
+    size: int = typer.Option(96, help="Frame side in pixels."),
+    needle_seconds: str = typer.Option("60,600,3600", help="Needle clip lengths in seconds (cycled)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
+):
+    """Write a synthetic video QA set: coloured shapes with exact answers (clips, LLaVA JSON, QA JSON)."""
+    from .synth import SynthConfig, synthesize
+
+    try:
+        lengths = tuple(int(x) for x in needle_seconds.split(","))
+    except ValueError:
+        raise UserError(f"--needle-seconds {needle_seconds!r}: expected comma-separated whole seconds") from None
+    if not lengths or min(lengths) < 4:
+        raise UserError("--needle-seconds: each length must be at least 4 seconds")
+    cfg = SynthConfig(seed=seed, count=count, kind=kind, size=size, needle_seconds=lengths)
+    with _progress("synth") as bar:
+        task = bar.add_task("clips", total=count, rate="")
+        res = synthesize(cfg, out_dir, progress=lambda done, total: bar.update(task, completed=done))
+    if as_json:
+        out.print_json(json.dumps(res))
+    else:
+        out.print(f"{res['out']}: {res['clips']} clips, {res['questions']} questions "
+                  "(videos/, train.json, test_qa.json, scenes.json)")
+
+
 @app.command("tiny-model")
 def tiny_model(
     output: Path = typer.Argument(..., help="Folder to create."),
