@@ -92,7 +92,7 @@ def read_info(root: Path) -> dict:
     """Metadata of a cache (from its last chunk) with totals over all chunks."""
     chunks = list_chunks(root)
     if not chunks:
-        raise UserError(f"{root}: empty cache folder (no chunks)")
+        raise UserError(f"{root}: not a vococli cache (no chunk files)")
     meta = dict(chunks[-1].meta)
     meta["frames"] = sum(c.meta["frames"] for c in chunks)
     meta["chunks"] = len(chunks)

@@ -308,6 +308,10 @@ def main() -> None:
     except UserError as e:
         err.print(f"error: {e}", markup=False)
         sys.exit(1)
+    except OSError as e:  # unwritable output, full disk, permissions: the user's environment
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(f"error: {where}{e.strerror or e}", markup=False)
+        sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted; completed cache chunks are kept and `compress` resumes from them")
         sys.exit(130)
