@@ -132,3 +132,20 @@ def test_refuses_non_cache(tmp_path):
     (tmp_path / "f.voco").write_text("hello")
     with pytest.raises(UserError, match="not a vococli cache"):
         load_cache(tmp_path / "f.voco")
+
+
+def test_never_writes_into_or_removes_a_foreign_folder(tiny_model, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "important.safetensors").write_bytes(b"keep me")
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match="not a vococli cache"):
+            compress_video(tiny_model, CLIP, folder, SAMPLING, overwrite=overwrite, notice=lambda s: None)
+    assert [p.name for p in folder.iterdir()] == ["important.safetensors"]
+
+
+def test_rejects_zero_voco_tokens(tiny_ckpt):
+    from vococli.model import load_model
+
+    with pytest.raises(UserError, match="at least 1"):
+        load_model(tiny_ckpt, device="cpu", voco_tokens=0)

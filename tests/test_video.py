@@ -97,3 +97,11 @@ def test_missing_and_non_video_files(tmp_path):
     junk.write_bytes(b"not a video at all" * 100)
     with pytest.raises(UserError, match="junk.mp4"):
         VideoReader(junk)
+
+
+def test_plan_rejects_non_finite_and_caps_huge_rates():
+    ts = np.arange(10.0)
+    for bad in (Sampling(fps=float("inf")), Sampling(fps=float("nan")), Sampling(start=float("nan"))):
+        with pytest.raises(UserError):
+            plan_frames(ts, bad)
+    assert plan_frames(ts, Sampling(fps=1e9)).tolist() == list(range(10))

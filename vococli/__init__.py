@@ -9,16 +9,20 @@
     print(Session(answerer, video).ask("what is the man holding?").text)
 """
 
-from .answer import Answer, GenerationConfig, Session, ask_questions
-from .cache_file import load_cache, read_info
-from .compress import CompressResult, compress_video
-from .errors import UserError
-from .model import VocoModel, load_model
-from .video import Sampling
-from .video_cache import VideoCache, fit_to_context
+from importlib import import_module
 
-__all__ = [
-    "Answer", "CompressResult", "GenerationConfig", "Sampling", "Session", "UserError", "VideoCache",
-    "VocoModel", "ask_questions", "compress_video", "fit_to_context", "load_cache", "load_model", "read_info",
-]
+# Names are imported on first use, so `vococli --help` does not pay for torch and transformers.
+_EXPORTS = {
+    "Answer": "answer", "GenerationConfig": "answer", "Session": "answer", "ask_questions": "answer",
+    "load_cache": "cache_file", "read_info": "cache_file", "CompressResult": "compress",
+    "compress_video": "compress", "UserError": "errors", "VocoModel": "model", "load_model": "model",
+    "Sampling": "video", "VideoCache": "video_cache", "fit_to_context": "video_cache",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'vococli' has no attribute {name!r}")

@@ -140,7 +140,8 @@ class CacheWriter:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _remove(self) -> None:
-        if self.root.is_dir() and all(p.suffix in (".safetensors", ".tmp") for p in self.root.iterdir()):
+        if self.root.is_dir() and all(p.is_file() and p.name.startswith("chunk-") and p.suffix in (".safetensors", ".tmp")
+                                      for p in self.root.iterdir()):
             shutil.rmtree(self.root)
         else:
             raise UserError(f"{self.root}: exists and is not a vococli cache; not removing it")
@@ -148,6 +149,8 @@ class CacheWriter:
     def _resume(self) -> None:
         chunks = list_chunks(self.root)
         if not chunks:
+            if any(self.root.iterdir()):
+                raise UserError(f"{self.root}: exists and is not a vococli cache; choose another -o")
             return
         last = chunks[-1].meta
         for key in RESUME_KEYS:

@@ -300,11 +300,18 @@ def tiny_model(
 def main() -> None:
     """Entry point: map user errors to exit code 1 and one line, crashes to exit code 2."""
     try:
-        app()
-    except SystemExit as e:
-        if e.code == 2:  # click reports a bad flag or a missing argument with 2
-            sys.exit(1)
-        raise
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except typer.TyperException as e:  # bad flag, missing argument (click's usage errors)
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        err.print(f"error: {message} (see --help)", markup=False)
+        sys.exit(1)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("interrupted; completed cache chunks are kept and `compress` resumes from them")
+        sys.exit(130)
     except UserError as e:
         err.print(f"error: {e}", markup=False)
         sys.exit(1)

@@ -105,6 +105,12 @@ def resolve_device(device: str | None) -> torch.device:
         raise UserError(f"--device: {e}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA GPU is available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as e:
+        raise UserError(f"--device {device}: not usable with this torch build ({str(e).splitlines()[0][:100]})") from None
     return dev
 
 
@@ -130,6 +136,8 @@ def read_layout(config, tokenizer, k: int | None = None) -> VocoLayout:
     trained_k = getattr(config, "voco_num_tokens", None)
     if trained_k is None and k is None:
         raise UserError("the checkpoint's config has no voco_num_tokens; pass --voco-tokens")
+    if k is not None and k < 1:
+        raise UserError(f"--voco-tokens must be at least 1, got {k}")
     sep = tokenizer(getattr(config, "voco_separator", "\n"), add_special_tokens=False)["input_ids"]
     return VocoLayout(
         bos_id=tokenizer.bos_token_id,

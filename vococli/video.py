@@ -9,6 +9,7 @@ fails mid-stream. PyAV does not apply display rotation, so that path rotates fra
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,16 +76,23 @@ def plan_frames(timestamps: np.ndarray, sampling: Sampling) -> np.ndarray:
     a frame shown at several instants is taken once. If more than max_frames remain, max_frames
     are spread evenly over them.
     """
-    if sampling.fps <= 0:
-        raise UserError(f"--fps must be positive, got {sampling.fps}")
+    if not math.isfinite(sampling.fps) or sampling.fps <= 0:
+        raise UserError(f"--fps must be a positive number, got {sampling.fps}")
+    for name, value in (("--start", sampling.start), ("--end", sampling.end)):
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"{name} must be a number of seconds, got {value}")
     first, last = float(timestamps[0]), float(timestamps[-1])
     t0 = max(sampling.start, first)
     t1 = last if sampling.end is None else min(sampling.end, last)
     if t1 < t0:
         raise UserError(f"no frames between --start {sampling.start} and --end {sampling.end} "
                         f"(the video spans {first:.3f}-{last:.3f} s)")
-    n = int(np.floor((t1 - t0) * sampling.fps + 1e-9)) + 1
-    instants = t0 + np.arange(n) / sampling.fps
+    # more instants than frames only repeat frames: cap them at a few per frame
+    n, fps = int(np.floor((t1 - t0) * sampling.fps + 1e-9)) + 1, sampling.fps
+    if n > 4 * len(timestamps) + 1:
+        n = 4 * len(timestamps) + 1
+        fps = (n - 1) / (t1 - t0)
+    instants = t0 + np.arange(n) / fps
     # the frame on screen at time t is the last one that started at or before t
     idx = np.searchsorted(timestamps, instants + 1e-6, side="right") - 1
     idx = np.unique(np.clip(idx, 0, len(timestamps) - 1))
