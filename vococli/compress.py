@@ -104,9 +104,8 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
     lost = lost_before + (total - start) - computed
     if writer.frames_done + buffered == 0:
         raise UserError(f"{video}: no frame could be decoded")
-    empty = torch.zeros((0,), dtype=model.dtype)
-    k_all = torch.cat(keys, 1) if keys else _empty_like_chunk(model, empty)
-    v_all = torch.cat(values, 1) if values else _empty_like_chunk(model, empty)
+    k_all = torch.cat(keys, 1) if keys else _empty_chunk(model)
+    v_all = torch.cat(values, 1) if values else _empty_chunk(model)
     writer.write(k_all, v_all, stamps, total, lost, final=True)
     if progress:
         progress(total, total)
@@ -116,8 +115,9 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
                           reader.backend)
 
 
-def _empty_like_chunk(model: VocoModel, like: torch.Tensor) -> torch.Tensor:
+def _empty_chunk(model: VocoModel) -> torch.Tensor:
+    """Keys/values of zero frames (L, 0, Hkv, K, D): the last chunk when only its end marker is left."""
     cfg = model.text_config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     shape = (cfg.num_hidden_layers, 0, cfg.num_key_value_heads, model.layout.k, head_dim)
-    return torch.zeros(shape, dtype=like.dtype)
+    return torch.zeros(shape, dtype=model.dtype)
