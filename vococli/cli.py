@@ -280,6 +280,73 @@ def synth(
                   "(videos/, train.json, test_qa.json, scenes.json)")
 
 
+@app.command()
+def train(
+    data: list[str] = typer.Option(..., "--data", "-d", help="LLaVA-format JSON, or a folder holding train.json "
+                                   "(media paths are relative to the JSON's folder). Repeatable."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Checkpoint folder to write (and to --resume)."),
+    init: Optional[str] = typer.Option(None, help="Start from random weights of a preset: tiny or synth-small."),
+    from_checkpoint: Optional[str] = typer.Option(None, "--from", help="Start from this checkpoint folder "
+                                                  "(a LLaVA checkpoint, or an earlier stage)."),
+    mask: str = typer.Option("voco", help="voco: text sees only the VoCo tokens; causal: text sees the image "
+                             "too (the upper bound, and the first stage of the curriculum)."),
+    no_voco_mask: bool = typer.Option(False, "--no-voco-mask", help="Same as --mask causal."),
+    compressor: str = typer.Option("voco", help="voco, or avgpool: average-pool the image tokens to K + a "
+                                   "linear layer in place of the VoCo tokens (baseline)."),
+    voco_tokens: Optional[int] = typer.Option(None, help="VoCo tokens per frame K (default: the checkpoint's, else 2)."),
+    lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW; warm-up then cosine to a tenth)."),
+    warmup_steps: int = typer.Option(50, help="Linear warm-up steps."),
+    batch_size: int = typer.Option(64, help="Conversations per micro-batch."),
+    grad_accum: int = typer.Option(1, help="Micro-batches per optimizer step."),
+    steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: from --epochs)."),
+    epochs: float = typer.Option(1.0, help="Passes over the data when --steps is not given."),
+    freeze_vision: bool = typer.Option(False, help="Keep the vision tower's weights fixed."),
+    fps: float = typer.Option(1.0, help="Frames sampled per second of training video."),
+    max_frames: int = typer.Option(64, help="Most frames per training video (spread evenly)."),
+    save_every: int = typer.Option(200, help="Write the checkpoint every N optimizer steps."),
+    resume: bool = typer.Option(False, help="Continue the run saved in --out from its last step."),
+    seed: int = typer.Option(0, help="Seed of the initial weights and the data order."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's choice)."),
+    device: str = DeviceOpt,
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for CUDA)."),
+):
+    """Train a VoCo model: only answers are supervised; the mask decides what the text may see.
+
+    Curriculum that works from scratch: train with --mask causal first, then continue
+    with --from that checkpoint and the VoCo mask.
+    """
+    from .train import TrainConfig, train as run_training
+
+    _quiet_transformers()
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    if no_voco_mask:
+        mask = "causal"
+    cfg = TrainConfig(data=tuple(data), out=str(out_dir), init=init, checkpoint=from_checkpoint, mask=mask,
+                      compressor=compressor, voco_tokens=voco_tokens, lr=lr, warmup_steps=warmup_steps,
+                      batch_size=batch_size, grad_accum=grad_accum, steps=steps, epochs=epochs,
+                      freeze_vision=freeze_vision, fps=fps, max_frames=max_frames, save_every=save_every,
+                      seed=seed, threads=threads, device=None if device == "auto" else device, bf16=bf16)
+    if voco_tokens is not None and voco_tokens < 1:
+        raise UserError("--voco-tokens must be at least 1")
+    progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                        TimeRemainingColumn(), console=err, disable=not err.is_terminal)
+    log_every = max(1, save_every // 4)
+
+    def on_step(st, total, loss, rate):
+        info = f"loss {loss:.4f}  {rate:.0f} samples/s  epoch {st.epoch}"
+        progress.update(task, total=total, completed=st.step, info=info)
+        if not err.is_terminal and (st.step % log_every == 0 or st.step == total):
+            err.print(f"step {st.step}/{total}  {info}  {st.seconds:.0f} s")
+
+    with progress:
+        task = progress.add_task("steps", total=None, info="reading data")
+        st = run_training(cfg, resume=resume, on_step=on_step)
+    out.print(f"{out_dir}: {st.step} steps, {st.samples:,} conversations in {st.seconds / 60:.1f} min; "
+              f"final loss {st.losses[-1][1] if st.losses else float('nan'):.4f} (loss.png beside it)")
+
+
 @app.command("tiny-model")
 def tiny_model(
     output: Path = typer.Argument(..., help="Folder to create."),

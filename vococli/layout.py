@@ -8,6 +8,8 @@ followed by text:
 
 - A frame's tokens see only earlier tokens of the same frame (plain causal inside the frame).
 - Text sees the VoCo tokens of every frame and earlier text: never BOS, image or separator.
+  Two baselines change only the mask: `causal` (text also sees every frame's image tokens: the
+  upper bound) and `avgpool` (the K slots hold pooled image features and never see the image).
 - Frame t's tokens sit at positions `arange(frame_len) + t*K`, so its VoCo token j is at
   `c0 + t*K + j`; text starts at `c0 + T*K`. For T=1 this is the single-image VoCo layout.
 """
@@ -25,31 +27,67 @@ def frame_input_ids(layout: VocoLayout, image_token_id: int) -> torch.Tensor:
     return torch.tensor(ids + [layout.voco_id] * layout.k)
 
 
-def voco_allowed(layout: VocoLayout, n_frames: int, text_len: int) -> torch.Tensor:
+MODES = ("voco", "causal", "avgpool")
+
+
+def frame_allowed(layout: VocoLayout, mode: str = "voco") -> torch.Tensor:
+    """Boolean (fl, fl) attention inside one frame's stage-1 sequence.
+
+    voco, causal: plain causal. avgpool: the K slots hold pooled image features and see only BOS
+    and earlier slots, never the image tokens (the "Avg. Pool + Linear" baseline).
+    """
+    _check_mode(mode)
+    fl = layout.frame_len
+    allowed = torch.ones(fl, fl, dtype=torch.bool).tril()
+    if mode == "avgpool":
+        allowed[layout.c0:, 1:layout.c0] = False
+    return allowed
+
+
+def text_visible(layout: VocoLayout, mode: str = "voco") -> torch.Tensor:
+    """Boolean (fl,): the tokens of each frame that text may attend to.
+
+    voco, avgpool: only the K slots after the separator; causal (no VoCo mask, the upper bound):
+    every token of the frame, image included.
+    """
+    _check_mode(mode)
+    visible = torch.arange(layout.frame_len) >= layout.c0
+    return torch.ones_like(visible) if mode == "causal" else visible
+
+
+def voco_allowed(layout: VocoLayout, n_frames: int, text_len: int, mode: str = "voco") -> torch.Tensor:
     """Boolean (S, S) matrix, True where query row i may attend to key column j."""
-    fl, k = layout.frame_len, layout.k
+    fl = layout.frame_len
     n_vis = n_frames * fl
     size = n_vis + text_len
     causal = torch.ones(size, size, dtype=torch.bool).tril()
     frame_of = torch.arange(n_vis) // fl
     allowed = torch.zeros(size, size, dtype=torch.bool)
-    allowed[:n_vis, :n_vis] = frame_of[:, None] == frame_of[None, :]  # block diagonal
-    is_voco = (torch.arange(n_vis) % fl) >= layout.c0
-    allowed[n_vis:, :n_vis] = is_voco[None, :]  # text sees every VoCo token
+    same_frame = frame_of[:, None] == frame_of[None, :]  # block diagonal
+    inside = frame_allowed(layout, mode).repeat(n_frames, n_frames)
+    allowed[:n_vis, :n_vis] = same_frame & inside
+    allowed[n_vis:, :n_vis] = text_visible(layout, mode).repeat(n_frames)[None, :]
     allowed[n_vis:, n_vis:] = True
     return allowed & causal
 
 
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mask mode {mode!r}: expected one of {MODES}")
+
+
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """(…, Q, KV) boolean -> (1, 1, Q, KV) float mask of 0 / most-negative, as attention adds it."""
-    mask = torch.zeros(allowed.shape, dtype=dtype)
+    """(Q, KV) or (B, Q, KV) boolean -> (1 or B, 1, Q, KV) float mask of 0 / most-negative."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask.view(1, 1, *allowed.shape[-2:])
+    batch = allowed.shape[0] if allowed.dim() == 3 else 1
+    return mask.view(batch, 1, *allowed.shape[-2:])
 
 
-def voco_mask(layout: VocoLayout, n_frames: int, text_len: int, dtype: torch.dtype) -> torch.Tensor:
-    """The 4D float VoCo attention mask for `n_frames` frames followed by `text_len` text tokens."""
-    return additive_mask(voco_allowed(layout, n_frames, text_len), dtype)
+def voco_mask(layout: VocoLayout, n_frames: int, text_len: int, dtype: torch.dtype,
+              mode: str = "voco") -> torch.Tensor:
+    """The 4D float attention mask for `n_frames` frames followed by `text_len` text tokens."""
+    return additive_mask(voco_allowed(layout, n_frames, text_len, mode), dtype)
 
 
 def voco_positions(layout: VocoLayout, n_frames: int, text_len: int) -> torch.Tensor:

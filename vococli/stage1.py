@@ -13,7 +13,6 @@ from transformers import DynamicCache
 from .model import VocoModel
 
 
-@torch.inference_mode()
 def image_features(model: VocoModel, pixels: torch.Tensor) -> torch.Tensor:
     """(B, 3, S, S) -> (B, n_image, hidden): vision tower (layer -2, patch tokens) + projector."""
     cfg = model.llava.config

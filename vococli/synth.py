@@ -114,3 +114,12 @@ def synthesize(cfg: SynthConfig, out: Path, progress: Callable[[int, int], None]
     _dump([scene_record(cfg, i, s) for i, s in enumerate(scenes)], out / "scenes.json")
     _dump(asdict(cfg), out / "synth_config.json")
     return {"clips": len(scenes), "questions": len(qa), "out": str(out)}
+
+
+def vocabulary_text(count: int = 300) -> str:
+    """Every question and answer of a fixed synthetic set: text a tokenizer can learn merges from."""
+    lines = []
+    for kind in ("frame", "temporal", "needle"):
+        _, _, qa = annotations(SynthConfig(seed=0, count=count, kind=kind, needle_seconds=(8,)))
+        lines += [f"{e['question']} ASSISTANT: {e['answer']}" for e in qa]
+    return "\n".join(lines)

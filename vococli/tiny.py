@@ -64,10 +64,31 @@ class TinyConfig:
     vocab_size: int = 384
     max_positions: int = 4096
     voco_tokens: int = 2
+    vision_heads: int = 4
+    corpus: str = "default"  # "default", or "synth": also learn whole-word merges for `vococli synth` text
     seed: int = 0
 
 
-def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+# Named starting points for `vococli train --init`; "synth-small" is the bundled default's shape.
+PRESETS = {
+    "tiny": TinyConfig(),
+    "synth-small": TinyConfig(image_size=64, patch_size=16, vision_hidden=128, vision_layers=3, hidden=128,
+                              layers=4, heads=4, kv_heads=2, intermediate=384, vocab_size=448,
+                              max_positions=16384, corpus="synth"),
+}
+
+
+def corpus_text(name: str) -> list[str]:
+    if name == "default":
+        return [_CORPUS]
+    if name == "synth":
+        from .synth import vocabulary_text
+
+        return [_CORPUS, vocabulary_text()]
+    raise ValueError(f"unknown tokenizer corpus {name!r}")
+
+
+def build_tokenizer(vocab_size: int, corpus: str = "default") -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on a built-in corpus: any text encodes, common words compactly."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -78,7 +99,7 @@ def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([_CORPUS], trainer=trainer)
+    tok.train_from_iterator(corpus_text(corpus), trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
     )
@@ -99,7 +120,7 @@ def tiny_llava_config(cfg: TinyConfig, tokenizer: PreTrainedTokenizerFast, attn:
         hidden_size=cfg.vision_hidden,
         intermediate_size=cfg.vision_hidden * 2,
         num_hidden_layers=cfg.vision_layers,
-        num_attention_heads=4,
+        num_attention_heads=cfg.vision_heads,
         image_size=cfg.image_size,
         patch_size=cfg.patch_size,
         projection_dim=cfg.vision_hidden,
@@ -134,7 +155,7 @@ def tiny_llava_config(cfg: TinyConfig, tokenizer: PreTrainedTokenizerFast, attn:
 
 def build_tiny_model(cfg: TinyConfig = TinyConfig(), attn: str = "sdpa"):
     """Return (model, tokenizer) with random weights drawn from `cfg.seed`."""
-    tokenizer = build_tokenizer(cfg.vocab_size)
+    tokenizer = build_tokenizer(cfg.vocab_size, cfg.corpus)
     config = tiny_llava_config(cfg, tokenizer, attn)
     torch.manual_seed(cfg.seed)
     model = LlavaForConditionalGeneration(config).eval()

@@ -1,0 +1,122 @@
+"""VoCo training: the training forward equals the inference layout, the loss falls, resume continues."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from vococli.layout import voco_allowed, voco_mask, voco_positions
+from vococli.model import load_model
+from vococli.stage1 import frame_embeddings, image_features
+from vococli.train import TrainConfig, load_optimizer, save_optimizer, train
+from vococli.voco_forward import AvgPoolCompressor, encode_frames, text_hidden
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+TEXT = "\nYou answer questions about a video. USER: which shape moved? ASSISTANT: a red circle"
+
+
+@pytest.fixture(scope="module", params=["eager", "sdpa"])
+def model(request, tiny_ckpt):
+    return load_model(tiny_ckpt, device="cpu", dtype="float32", attn=request.param)
+
+
+def one_forward_hidden(model, pixels, ids, mode, compressor=None):
+    """Reference: the frames and the text in ONE forward with the block mask of layout.py."""
+    lay = model.layout
+    feats = image_features(model, pixels)
+    embeds = frame_embeddings(model, feats)  # (T, frame_len, H)
+    if mode == "avgpool":
+        embeds = torch.cat([embeds[:, :lay.c0], compressor(feats)], dim=1)
+    t = embeds.shape[0]
+    text = model.language_model.get_input_embeddings()(ids)
+    seq = torch.cat([embeds.reshape(1, -1, embeds.shape[-1]), text], dim=1)
+    mask = voco_mask(lay, t, ids.shape[1], torch.float32, mode=mode)
+    pos = voco_positions(lay, t, ids.shape[1]).view(1, -1)
+    out = model.language_model(inputs_embeds=seq, attention_mask=mask, position_ids=pos)
+    return out.last_hidden_state[0, -ids.shape[1]:]
+
+
+@pytest.mark.parametrize("mode", ["voco", "causal", "avgpool"])
+def test_per_frame_training_forward_equals_block_masked_forward(model, mode):
+    """Two videos (3 and 1 frames) and three texts of different lengths in one padded batch."""
+    torch.manual_seed(0)
+    s = model.image.size
+    pixels = torch.randn(4, 3, s, s)
+    comp = AvgPoolCompressor(model.text_config.hidden_size, model.layout.k) if mode == "avgpool" else None
+    if comp is not None:
+        torch.nn.init.normal_(comp.proj.weight, std=0.2)
+    tok = model.tokenizer
+    texts = [TEXT, TEXT[:40], TEXT[:25]]
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    video = torch.tensor([0, 1, 0])
+    n = max(map(len, ids))
+    batch = torch.full((3, n), tok.pad_token_id)
+    for i, x in enumerate(ids):
+        batch[i, :len(x)] = torch.tensor(x)
+    with torch.no_grad():
+        state = encode_frames(model, pixels, [3, 1], mode, comp)
+        got = text_hidden(model, state, batch, torch.tensor(list(map(len, ids))), video)
+        for i, x in enumerate(ids):
+            frames = pixels[:3] if video[i] == 0 else pixels[3:]
+            ref = one_forward_hidden(model, frames, torch.tensor([x]), mode, comp)
+            torch.testing.assert_close(got[i, :len(x)], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_modes_differ_only_in_what_text_sees(model):
+    """The three masks agree inside frames for voco/causal and differ for the text rows."""
+    lay = model.layout
+    voco, causal = voco_allowed(lay, 2, 5, "voco"), voco_allowed(lay, 2, 5, "causal")
+    n_vis = 2 * lay.frame_len
+    assert torch.equal(voco[:n_vis], causal[:n_vis])
+    assert causal[n_vis:, :n_vis].all() and voco[n_vis:, :n_vis].sum() == 5 * 2 * lay.k
+    avg = voco_allowed(lay, 1, 0, "avgpool")
+    assert not avg[lay.c0:, 1:lay.c0].any() and avg[lay.c0:, 0].all()
+
+
+def test_optimizer_state_round_trips_without_pickle(tmp_path):
+    p = torch.nn.Parameter(torch.randn(4, 3))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    p.sum().backward()
+    opt.step()
+    save_optimizer(opt, tmp_path / "opt.safetensors")
+    opt2 = torch.optim.AdamW([torch.nn.Parameter(p.detach().clone())], lr=0.5)
+    load_optimizer(opt2, tmp_path / "opt.safetensors")
+    a, b = opt.state_dict(), opt2.state_dict()
+    assert a["param_groups"] == b["param_groups"]
+    for k in ("exp_avg", "exp_avg_sq", "step"):
+        torch.testing.assert_close(a["state"][0][k], b["state"][0][k])
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    from vococli.synth import SynthConfig, synthesize
+
+    out = tmp_path_factory.mktemp("synth")
+    synthesize(SynthConfig(seed=11, count=12, kind="frame", size=64), out)
+    return out
+
+
+def test_training_reduces_loss_and_writes_a_loadable_checkpoint(synth_data, tmp_path):
+    cfg = TrainConfig(data=(str(synth_data),), out=str(tmp_path / "run"), init="tiny", steps=30,
+                      batch_size=16, lr=3e-3, warmup_steps=5, save_every=100, threads=1)
+    st = train(cfg)
+    first = sum(l for _, l in st.losses[:5]) / 5
+    last = sum(l for _, l in st.losses[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    run = tmp_path / "run"
+    assert (run / "loss.png").stat().st_size > 1000
+    m = load_model(run, device="cpu")  # the product loads what training wrote
+    assert m.layout.k == 2
+
+
+def test_resume_continues_from_the_saved_step(synth_data, tmp_path):
+    """6 steps straight == 3 steps, stop, resume for 3 more (same data order, optimizer state)."""
+    base = dict(data=(str(synth_data),), init="tiny", batch_size=8, warmup_steps=2, threads=1, save_every=3)
+    full = train(TrainConfig(out=str(tmp_path / "full"), steps=6, **base))
+    train(TrainConfig(out=str(tmp_path / "half"), steps=3, **base))
+    resumed = train(TrainConfig(out=str(tmp_path / "half"), steps=6, **base), resume=True)
+    assert resumed.step == 6 and [s for s, _ in resumed.losses] == list(range(1, 7))
+    assert [l for _, l in resumed.losses] == pytest.approx([l for _, l in full.losses], rel=1e-4)
+    state = json.loads((tmp_path / "half" / "trainer" / "state.json").read_text())
+    assert state["state"]["step"] == 6
