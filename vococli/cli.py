@@ -347,6 +347,41 @@ def train(
               f"final loss {st.losses[-1][1] if st.losses else float('nan'):.4f} (loss.png beside it)")
 
 
+experiment_app = typer.Typer(help="Reproducible experiments on synthetic data.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("table1")
+def experiment_table1(
+    workdir: Path = typer.Option(..., "--workdir", "-w", help="Folder for data, runs, scores and results.md."),
+    base_steps: int = typer.Option(2000, help="Steps of the causal base model."),
+    stage_steps: int = typer.Option(500, help="Steps of each variant, all continuing from the base."),
+    train_frame: int = typer.Option(8000, help="Single-frame training clips (5 questions each)."),
+    train_temporal: int = typer.Option(12000, help="Temporal training clips."),
+    train_needle: int = typer.Option(1500, help="Short needle training clips (16-64 s)."),
+    needle_clips: str = typer.Option("60:30,600:10,3600:4", help="Needle eval sets as seconds:clips."),
+    parallel: int = typer.Option(2, help="Variants trained at once (one CPU thread each)."),
+):
+    """Train the upper bound, VoCo K=1/2/8 and avg-pool K=1 on one budget; score them and the lower bound.
+
+    Writes results.md (the table, the command, the time, the machine). Rerunning the same command
+    skips finished steps and resumes interrupted ones.
+    """
+    from .experiment import Table1Config, table1
+
+    _quiet_transformers()
+    try:
+        needles = tuple((int(a), int(b)) for a, b in (x.split(":") for x in needle_clips.split(",")))
+    except ValueError:
+        raise UserError(f"--needle-clips {needle_clips!r}: expected seconds:clips,seconds:clips") from None
+    cfg = Table1Config(workdir=str(workdir), base_steps=base_steps, stage_steps=stage_steps,
+                       train_frame=train_frame, train_temporal=train_temporal, train_needle=train_needle,
+                       needle_eval=needles, parallel=parallel)
+    command = "vococli " + " ".join(sys.argv[1:])
+    report = table1(cfg, command, notice=lambda s: err.print(s))
+    out.print(report.read_text())
+
+
 @app.command("tiny-model")
 def tiny_model(
     output: Path = typer.Argument(..., help="Folder to create."),

@@ -192,11 +192,12 @@ def _bnb_config(compute_dtype: torch.dtype):
 
 def load_model(path: str | Path, device: str | None = None, dtype: str | None = None,
                vision: bool = True, load_4bit: bool = False, voco_tokens: int | None = None,
-               attn: str | None = None) -> VocoModel:
+               attn: str | None = None, allow_baseline: bool = False) -> VocoModel:
     """Load a VoCo checkpoint folder.
 
     With `vision=False` only the language model and its head are loaded (all that answering
-    needs); `load_4bit` quantises that language model to nf4 with bitsandbytes.
+    needs); `load_4bit` quantises that language model to nf4 with bitsandbytes. Baseline
+    checkpoints of `vococli experiment` (avg-pool) load only with `allow_baseline`.
     """
     import transformers
     from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM, LlavaForConditionalGeneration
@@ -209,6 +210,9 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | None = 
     config = AutoConfig.from_pretrained(path)
     if config.model_type != "llava":
         raise UserError(f"{path}: model type {config.model_type!r}, expected a llava checkpoint")
+    if getattr(config, "voco_compressor", "voco") != "voco" and not allow_baseline:
+        raise UserError(f"{path}: a {config.voco_compressor!r} baseline made for `vococli experiment`, "
+                        "not a VoCo model; compress and ask need a VoCo checkpoint")
     tokenizer = AutoTokenizer.from_pretrained(path)
     layout = read_layout(config, tokenizer, voco_tokens)
     kwargs = {"dtype": dt}

@@ -238,6 +238,10 @@ def train(cfg: TrainConfig, resume: bool = False,
         if not state_file.exists():
             raise UserError(f"{out}: nothing to resume (no {TRAINER_DIR}/state.json)")
         saved = json.loads(state_file.read_text())
+        for key in ("mask", "compressor"):
+            if saved["config"][key] != getattr(cfg, key):
+                raise UserError(f"{out}: this run was trained with --{key} {saved['config'][key]}; "
+                                f"resume it with the same setting")
         cfg = replace(cfg, init=None, checkpoint=str(out))
         st = TrainState(**{k: v for k, v in saved["state"].items()})
         st.losses = [tuple(x) for x in st.losses]
