@@ -120,3 +120,24 @@ def test_resume_continues_from_the_saved_step(synth_data, tmp_path):
     assert [l for _, l in resumed.losses] == pytest.approx([l for _, l in full.losses], rel=1e-4)
     state = json.loads((tmp_path / "half" / "trainer" / "state.json").read_text())
     assert state["state"]["step"] == 6
+
+
+def test_batched_scoring_answers_like_compress_and_ask(tiny_model, synth_data, tmp_path):
+    """qa_score (batched, padded, training forward) generates the same tokens as the product path
+    (compress to a cache file, load it, ask) for every question."""
+    from vococli.answer import GenerationConfig, Session
+    from vococli.cache_file import load_cache
+    from vococli.compress import compress_video
+    from vococli.qa_score import read_qa, score_qa
+    from vococli.video import Sampling
+
+    entries = read_qa(synth_data)[:15]
+    got = score_qa(tiny_model, synth_data, limit=15, max_new_tokens=4, videos_per_batch=2)
+    for e, pred in zip(entries, got.predictions):
+        cache = tmp_path / f"{e['video_id']}.voco"
+        if not cache.exists():
+            compress_video(tiny_model, synth_data / "videos" / f"{e['video_id']}.mp4", cache, Sampling(fps=1),
+                           notice=lambda s: None)
+        session = Session(tiny_model, load_cache(cache, fingerprint=tiny_model.fingerprint))
+        ans = session.ask(e["question"], GenerationConfig(max_new_tokens=4))
+        assert pred["pred"] == ans.text, (e["question"], pred["pred"], ans.text)

@@ -75,6 +75,9 @@ PRESETS = {
     "synth-small": TinyConfig(image_size=64, patch_size=16, vision_hidden=128, vision_layers=3, hidden=128,
                               layers=4, heads=4, kv_heads=2, intermediate=384, vocab_size=448,
                               max_positions=16384, corpus="synth"),
+    "synth-grid": TinyConfig(image_size=96, patch_size=32, vision_hidden=128, vision_layers=3, hidden=128,
+                             layers=4, heads=4, kv_heads=2, intermediate=384, vocab_size=448,
+                             max_positions=32768, corpus="synth"),
 }
 
 
