@@ -294,7 +294,7 @@ def train(
     compressor: str = typer.Option("voco", help="voco, or avgpool: average-pool the image tokens to K + a "
                                    "linear layer in place of the VoCo tokens (baseline)."),
     voco_tokens: Optional[int] = typer.Option(None, help="VoCo tokens per frame K (default: the checkpoint's, else 2)."),
-    lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW; warm-up then cosine to a tenth)."),
+    lr: float = typer.Option(5e-4, help="Peak learning rate (AdamW; warm-up then cosine to a tenth)."),
     warmup_steps: int = typer.Option(50, help="Linear warm-up steps."),
     batch_size: int = typer.Option(64, help="Conversations per micro-batch."),
     grad_accum: int = typer.Option(1, help="Micro-batches per optimizer step."),
@@ -354,7 +354,7 @@ app.add_typer(experiment_app, name="experiment")
 @experiment_app.command("table1")
 def experiment_table1(
     workdir: Path = typer.Option(..., "--workdir", "-w", help="Folder for data, runs, scores and results.md."),
-    base_steps: int = typer.Option(2000, help="Steps of the causal base model."),
+    base_steps: int = typer.Option(1500, help="Steps of the causal base model."),
     stage_steps: int = typer.Option(500, help="Steps of each variant, all continuing from the base."),
     train_frame: int = typer.Option(8000, help="Single-frame training clips (5 questions each)."),
     train_temporal: int = typer.Option(12000, help="Temporal training clips."),

@@ -42,10 +42,10 @@ class Table1Config:
     eval_temporal: int = 400
     needle_eval: tuple[tuple[int, int], ...] = ((60, 30), (600, 10), (3600, 4))  # (seconds, clips)
     preset: str = "synth-small"
-    base_steps: int = 2000
+    base_steps: int = 1500
     stage_steps: int = 500
-    lr: float = 2e-3
-    stage_lr: float = 1e-3
+    lr: float = 5e-4
+    stage_lr: float = 5e-4
     batch_size: int = 64
     save_every: int = 100
     base_threads: int = 2

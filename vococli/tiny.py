@@ -72,12 +72,11 @@ class TinyConfig:
 # Named starting points for `vococli train --init`; "synth-small" is the bundled default's shape.
 PRESETS = {
     "tiny": TinyConfig(),
-    "synth-small": TinyConfig(image_size=64, patch_size=16, vision_hidden=128, vision_layers=3, hidden=128,
+    # synth-small: 96 px frames cut into a 3x3 grid of 32 px patches, so one image token sees a
+    # whole shape; one vision layer, whose input (the patch embeddings, layer -2) is the feature.
+    "synth-small": TinyConfig(image_size=96, patch_size=32, vision_hidden=256, vision_layers=1, hidden=128,
                               layers=4, heads=4, kv_heads=2, intermediate=384, vocab_size=448,
-                              max_positions=16384, corpus="synth"),
-    "synth-grid": TinyConfig(image_size=96, patch_size=32, vision_hidden=128, vision_layers=3, hidden=128,
-                             layers=4, heads=4, kv_heads=2, intermediate=384, vocab_size=448,
-                             max_positions=32768, corpus="synth"),
+                              max_positions=32768, corpus="synth"),
 }
 
 

@@ -46,7 +46,7 @@ class TrainConfig:
     mask: str = "voco"  # voco | causal (no VoCo mask: the upper bound / first curriculum stage)
     compressor: str = "voco"  # voco | avgpool
     voco_tokens: int | None = None  # default: the checkpoint's, else 2
-    lr: float = 2e-3
+    lr: float = 5e-4
     weight_decay: float = 0.0
     warmup_steps: int = 50
     batch_size: int = 64  # conversations per micro-batch
