@@ -141,3 +141,46 @@ def test_batched_scoring_answers_like_compress_and_ask(tiny_model, synth_data, t
         session = Session(tiny_model, load_cache(cache, fingerprint=tiny_model.fingerprint))
         ans = session.ask(e["question"], GenerationConfig(max_new_tokens=4))
         assert pred["pred"] == ans.text, (e["question"], pred["pred"], ans.text)
+
+
+def test_image_samples_and_multi_turn_conversations_train(tmp_path):
+    """LLaVA image samples (one frame) with two turns: only the answers are supervised."""
+    import numpy as np
+    from PIL import Image
+
+    from vococli.train_data import read_training_file
+
+    (tmp_path / "img").mkdir()
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        samples.append({"id": str(i), "image": f"img/{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\nwhat colour is the car?"}, {"from": "gpt", "value": "red"},
+            {"from": "human", "value": "and the sky?"}, {"from": "gpt", "value": "blue"}]})
+    (tmp_path / "data.json").write_text(json.dumps(samples))
+    st = train(TrainConfig(data=(str(tmp_path / "data.json"),), out=str(tmp_path / "run"), init="tiny", steps=2,
+                           batch_size=4, threads=1))
+    assert st.step == 2 and st.samples == 8
+    model = load_model(tmp_path / "run", device="cpu")
+    conv = read_training_file(model, tmp_path / "data.json")[0].conversations[0]
+    tok = model.tokenizer
+    supervised = tok.decode([t for t in conv.targets if t != -100])
+    assert supervised.replace("</s>", " ").split() == ["red", "blue"]
+
+
+def test_train_refuses_bad_input_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "vococli", "train", *map(str, args)], capture_output=True,
+                              text=True, timeout=120)
+
+    r = run("--data", tmp_path / "missing.json", "--out", tmp_path / "o", "--init", "tiny")
+    assert r.returncode == 1 and "training file not found" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "bad.json").write_text('[{"id": 1, "video": "../../etc/passwd", "conversations": []}]')
+    r = run("--data", tmp_path / "bad.json", "--out", tmp_path / "o", "--init", "tiny")
+    assert r.returncode == 1 and "leaves the media folder" in r.stderr
+    r = run("--data", tmp_path / "bad.json", "--out", tmp_path / "o")
+    assert r.returncode == 1 and "--init" in r.stderr
