@@ -28,7 +28,12 @@ DtypeOpt = typer.Option("auto", help="float32, bfloat16 or float16 (auto: bf16 o
 
 
 def _quiet_transformers() -> None:
+    import warnings
+
     import transformers
+
+    # transformers >= 5.24 renames the cache argument; both spellings work until 5.40 (pinned below it)
+    warnings.filterwarnings("ignore", message=r".*past_key_values.*deprecated", category=FutureWarning)
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()

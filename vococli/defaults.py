@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from importlib import resources
+from pathlib import Path
 
 from .errors import UserError
 
@@ -11,11 +12,16 @@ ENV_MODEL = "VOCOCLI_MODEL"
 
 
 def bundled_model_dir():
-    """The folder of the model shipped with the package (`models/default` in the source tree)."""
+    """The folder of the model shipped with the package: installed as `vococli.bundled`, or
+    `models/default` beside the package when it runs from a source checkout."""
     try:
-        return resources.files("vococli.bundled") / "default"
+        installed = resources.files("vococli.bundled") / "default"
+        if (installed / "config.json").is_file():
+            return installed
     except ModuleNotFoundError:
-        return None
+        pass
+    source = Path(__file__).resolve().parent.parent / "models" / "default"
+    return source if (source / "config.json").is_file() else None
 
 
 def default_model_path() -> str:

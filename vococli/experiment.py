@@ -148,8 +148,10 @@ def train_all(cfg: Table1Config, notice) -> Path:
     return runs
 
 
-def evaluate(cfg: Table1Config, notice) -> dict:
-    """Accuracy of every model (and of the lower bound) on the held-out sets; cached in eval.json."""
+def evaluate(cfg: Table1Config, notice, only: set[str] | None = None) -> dict:
+    """Accuracy of every model (and of the lower bound) on the held-out sets; cached in eval.json.
+
+    `only` restricts scoring to some rows (upper, lower, voco_k1, ...), e.g. while others train."""
     import warnings
 
     from .model import load_model
@@ -166,6 +168,8 @@ def evaluate(cfg: Table1Config, notice) -> dict:
     rows["avgpool_k1"] = ("avgpool_k1", "avgpool")
     sets = ["eval_frame", "eval_temporal"] + [f"needle_{s}" for s, _ in cfg.needle_eval]
     for row, (run, mode) in rows.items():
+        if only is not None and row not in only:
+            continue
         m = load_model(root / "runs" / run, device="cpu", dtype="float32", allow_baseline=True)
         comp = load_compressor(root / "runs" / run, m)
         for s in sets:

@@ -1,0 +1,75 @@
+"""The shipped default model answers held-out synthetic questions as well as its model card says.
+
+Everything goes through the product path: `synth` writes clips from seeds never used in training,
+`compress_video` writes cache files, `ask` answers from them.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+from conftest import ROOT
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+BUNDLED = ROOT / "models" / "default"
+CARD = json.loads((BUNDLED / "eval.json").read_text())
+DEMO = ROOT / "video" / "shapes_demo.mp4"
+MARGIN = {"frame": 0.08, "temporal": 0.12}  # ~3 standard errors of the smaller test sets
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from vococli.defaults import default_model_path
+    from vococli.model import load_model
+
+    os.environ.pop("VOCOCLI_MODEL", None)
+    return load_model(default_model_path(), device="cpu", dtype="float32")
+
+
+def accuracy(model, folder, tmp_path):
+    from vococli.answer import GenerationConfig, Session
+    from vococli.cache_file import load_cache
+    from vococli.compress import compress_video
+    from vococli.qa_score import normalise, read_qa
+    from vococli.video import Sampling
+
+    right, total, sessions = 0, 0, {}
+    for e in read_qa(folder):
+        vid = e["video_id"]
+        if vid not in sessions:
+            cache = tmp_path / f"{vid}.voco"
+            compress_video(model, folder / "videos" / f"{vid}.mp4", cache, Sampling(fps=1), notice=lambda s: None)
+            sessions[vid] = Session(model, load_cache(cache, fingerprint=model.fingerprint))
+        sessions[vid].reset()
+        ans = sessions[vid].ask(e["question"], GenerationConfig(max_new_tokens=8))
+        right += normalise(ans.text) == normalise(e["answer"])
+        total += 1
+    return right / total
+
+
+@pytest.mark.parametrize("kind,count", [("frame", 30), ("temporal", 80)])
+def test_bundled_model_meets_its_model_card(bundled, tmp_path, kind, count):
+    from vococli.synth import SynthConfig, synthesize
+
+    data = tmp_path / kind
+    synthesize(SynthConfig(seed=CARD["test_seed"], count=count, kind=kind), data)
+    acc = accuracy(bundled, data, tmp_path)
+    assert acc >= CARD[kind]["accuracy"] - MARGIN[kind], (kind, acc, CARD[kind])
+
+
+def test_default_model_is_used_without_model_flag(tmp_path):
+    """The README quick start: compress and ask the demo clip with no --model at all."""
+    env = {k: v for k, v in os.environ.items() if k != "VOCOCLI_MODEL"}
+    cache = tmp_path / "demo.voco"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "vococli", *map(str, a)], capture_output=True,
+                                    text=True, env=env, timeout=300)
+    r = run("compress", DEMO, "-o", cache)
+    assert r.returncode == 0, r.stderr
+    r = run("ask", cache, "-q", "what colour was the square at the start?", "-q", "what colour was the square at the end?")
+    assert r.returncode == 0, r.stderr
+    lines = [l for l in r.stdout.splitlines() if not l.startswith("Q:")]
+    assert lines == CARD["demo_answers"], r.stdout
