@@ -184,3 +184,35 @@ def test_train_refuses_bad_input_in_one_line(tmp_path):
     assert r.returncode == 1 and "leaves the media folder" in r.stderr
     r = run("--data", tmp_path / "bad.json", "--out", tmp_path / "o")
     assert r.returncode == 1 and "--init" in r.stderr
+
+
+def test_from_a_llava_checkpoint_without_voco_registers_it_by_name(tmp_path, synth_data):
+    """A plain LLaVA checkpoint (no <voco> in its tokenizer) gets the token added and its embeddings grown."""
+    from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+    from vococli.tiny import TinyConfig, build_tiny_model, save_checkpoint
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from vococli.tiny import CHAT_TEMPLATE
+
+    model, _ = build_tiny_model(TinyConfig())
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(["what colour is the circle? red green"], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<pad>", "<image>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  pad_token="<pad>")
+    tok.chat_template = CHAT_TEMPLATE
+    plain = tmp_path / "plain"
+    save_checkpoint(model, tok, plain)
+    before = AutoTokenizer.from_pretrained(plain)
+    assert before.convert_tokens_to_ids("<voco>") in (None, before.unk_token_id)
+    train(TrainConfig(data=(str(synth_data),), out=str(tmp_path / "run"), checkpoint=str(plain), steps=1,
+                      batch_size=4, threads=1))
+    after = load_model(tmp_path / "run", device="cpu")
+    assert after.layout.voco_id not in (None, after.tokenizer.unk_token_id)
+    emb = LlavaForConditionalGeneration.from_pretrained(tmp_path / "run").get_input_embeddings()
+    assert emb.num_embeddings >= len(after.tokenizer)
