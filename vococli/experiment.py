@@ -220,6 +220,12 @@ def write_report(cfg: Table1Config, results: dict, minutes: float, command: str)
             note = f" ({r['frames_cap']} frames)" if r and r.get("frames_cap") else ""
             cells.append(pct(acc(row, s)) + note)
         lines.append("| " + " | ".join(cells) + " |")
+    types = [(s, t) for s in ("eval_frame", "eval_temporal")
+             for t in sorted(results.get(f"upper/{s}", {}).get("by_type", {}))]
+    by_type = ["| model | " + " | ".join(t for _, t in types) + " |", "|---|" + "---|" * len(types)]
+    for row in ("upper", "voco_k1", "voco_k2", "voco_k8", "avgpool_k1", "lower"):
+        cells = [pct(results.get(f"{row}/{s}", {}).get("by_type", {}).get(t, {}).get("accuracy")) for s, t in types]
+        by_type.append(f"| {LABELS[row]} | " + " | ".join(cells) + " |")
     n_frame = results.get("upper/eval_frame", {}).get("total", "?")
     n_temp = results.get("upper/eval_temporal", {}).get("total", "?")
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
@@ -233,6 +239,7 @@ def write_report(cfg: Table1Config, results: dict, minutes: float, command: str)
         f"| held-out | {n_frame} single-frame and {n_temp} temporal questions (seeds {SEEDS['eval_frame']}, {SEEDS['eval_temporal']}) |",
         "", *lines, "",
         "Accuracy is greedy exact match in percent. Retention = (result - lower) / (upper - lower).",
+        "", "Accuracy by question type (single-frame types, then temporal types):", "", *by_type,
     ]) + "\n"
 
 

@@ -1,0 +1,25 @@
+"""The Table 1 experiment: held-out data never shares a seed with training; retention is computed right."""
+
+from vococli.experiment import Table1Config, data_sets, write_report
+
+
+def test_held_out_sets_use_other_seeds_than_training():
+    sets = data_sets(Table1Config(workdir="w"))
+    train = {s.seed for n, s in sets.items() if n.startswith("train")}
+    held = {s.seed for n, s in sets.items() if not n.startswith("train")}
+    assert train and held and not train & held
+    assert {s.kind for n, s in sets.items() if n.startswith("needle")} == {"needle"}
+
+
+def test_report_retention_is_relative_to_upper_and_lower():
+    def r(acc):
+        return {"accuracy": acc, "total": 100, "by_type": {"color": {"accuracy": acc, "total": 100}}}
+
+    results = {"upper/eval_frame": r(0.9), "lower/eval_frame": r(0.3), "voco_k1/eval_frame": r(0.75),
+               "avgpool_k1/eval_frame": r(0.3)}
+    report = write_report(Table1Config(workdir="w", needle_eval=()), results, 12.0, "vococli experiment table1")
+    row = next(l for l in report.splitlines() if l.startswith("| VoCo, K=1 |"))
+    assert "| 75.0 |" in row and "| 75.0% |" in row  # (0.75 - 0.3) / (0.9 - 0.3)
+    row = next(l for l in report.splitlines() if l.startswith("| Avg. pool"))
+    assert "| 0.0% |" in row
+    assert "`vococli experiment table1`" in report and "12 min" in report
