@@ -111,15 +111,47 @@ def test_training_reduces_loss_and_writes_a_loadable_checkpoint(synth_data, tmp_
 
 
 def test_resume_continues_from_the_saved_step(synth_data, tmp_path):
-    """6 steps straight == 3 steps, stop, resume for 3 more (same data order, optimizer state)."""
-    base = dict(data=(str(synth_data),), init="tiny", batch_size=8, warmup_steps=2, threads=1, save_every=3)
-    full = train(TrainConfig(out=str(tmp_path / "full"), steps=6, **base))
-    train(TrainConfig(out=str(tmp_path / "half"), steps=3, **base))
-    resumed = train(TrainConfig(out=str(tmp_path / "half"), steps=6, **base), resume=True)
-    assert resumed.step == 6 and [s for s, _ in resumed.losses] == list(range(1, 7))
+    """12 steps straight == killed at step 7, resumed from the save at 5 (same data order across epochs,
+    optimizer state, frames kept in memory or decoded again)."""
+    base = dict(data=(str(synth_data),), init="tiny", batch_size=8, warmup_steps=2, threads=1, save_every=5)
+    full = train(TrainConfig(out=str(tmp_path / "full"), steps=12, **base))
+    assert full.epoch >= 1  # the run crosses an epoch boundary after the resume point
+    def stop_at_7(st, *_):
+        if st.step == 7:
+            raise KeyboardInterrupt  # killed after the save at step 5
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(tmp_path / "half"), steps=12, **base), on_step=stop_at_7)
+    assert json.loads((tmp_path / "half" / "trainer" / "state.json").read_text())["state"]["step"] == 5
+    # settings other than the length come from the saved run, whatever the command line says
+    resumed = train(TrainConfig(out=str(tmp_path / "half"), steps=12, **{**base, "batch_size": 3, "seed": 9}),
+                    resume=True)
+    assert resumed.step == 12 and [s for s, _ in resumed.losses] == list(range(1, 13))
     assert [l for _, l in resumed.losses] == pytest.approx([l for _, l in full.losses], rel=1e-4)
     state = json.loads((tmp_path / "half" / "trainer" / "state.json").read_text())
-    assert state["state"]["step"] == 6
+    assert state["state"]["step"] == 12
+
+
+def test_an_interrupted_save_is_finished_or_forgotten(synth_data, tmp_path):
+    """A staged save with its completion mark is moved into place; one without it is dropped."""
+    from vococli.train import COMPLETE, STAGING, commit_staged
+
+    base = dict(data=(str(synth_data),), init="tiny", batch_size=8, warmup_steps=1, threads=1, save_every=2)
+    out = tmp_path / "run"
+    train(TrainConfig(out=str(out), steps=2, **base))
+    before = (out / "model.safetensors").read_bytes()
+    (out / STAGING / "trainer").mkdir(parents=True)  # killed while writing: no completion mark
+    (out / STAGING / "model.safetensors").write_bytes(b"partial")
+    commit_staged(out)
+    assert not (out / STAGING).exists() and (out / "model.safetensors").read_bytes() == before
+    resumed = train(TrainConfig(out=str(out), steps=4, **base), resume=True)
+    assert resumed.step == 4
+    state = json.loads((out / "trainer" / "state.json").read_text())
+    (out / STAGING / "trainer").mkdir(parents=True)  # killed while moving a complete save into place
+    (out / STAGING / "trainer" / "state.json").write_text(json.dumps({**state, "state": {**state["state"], "step": 9}}))
+    (out / STAGING / COMPLETE).write_text("9\n")
+    commit_staged(out)
+    assert json.loads((out / "trainer" / "state.json").read_text())["state"]["step"] == 9
 
 
 def test_batched_scoring_answers_like_compress_and_ask(tiny_model, synth_data, tmp_path):
@@ -167,6 +199,9 @@ def test_image_samples_and_multi_turn_conversations_train(tmp_path):
     tok = model.tokenizer
     supervised = tok.decode([t for t in conv.targets if t != -100])
     assert supervised.replace("</s>", " ").split() == ["red", "blue"]
+    # each supervised position predicts the very next token of the sequence
+    assert all(t == conv.ids[i + 1] for i, t in enumerate(conv.targets) if t != -100)
+    assert conv.targets[-1] == -100 and len(conv.targets) == len(conv.ids)
 
 
 def test_train_refuses_bad_input_in_one_line(tmp_path):
@@ -216,3 +251,20 @@ def test_from_a_llava_checkpoint_without_voco_registers_it_by_name(tmp_path, syn
     assert after.layout.voco_id not in (None, after.tokenizer.unk_token_id)
     emb = LlavaForConditionalGeneration.from_pretrained(tmp_path / "run").get_input_embeddings()
     assert emb.num_embeddings >= len(after.tokenizer)
+
+
+def test_prompts_render_with_templates_that_need_typed_content(tmp_path):
+    """llava-hf style templates render only typed content parts; plain strings must still work."""
+    from vococli.answer import render_prompt
+    from vococli.tiny import build_tokenizer
+
+    tok = build_tokenizer(384)
+    tok.chat_template = ("{% for m in messages %}{{ m['role'].upper() + ': ' }}{% for c in m['content'] %}"
+                         "{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %} {% endfor %}"
+                         "{% if add_generation_prompt %}ASSISTANT:{% endif %}")
+
+    class Holder:
+        tokenizer, path = tok, "x"
+
+    text = render_prompt(Holder(), [{"role": "user", "content": "what colour is the car?"}])
+    assert text == "USER: what colour is the car? ASSISTANT:"

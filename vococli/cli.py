@@ -290,6 +290,8 @@ def train(
     data: list[str] = typer.Option(..., "--data", "-d", help="LLaVA-format JSON, or a folder holding train.json "
                                    "(media paths are relative to the JSON's folder). Repeatable."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Checkpoint folder to write (and to --resume)."),
+    media: Optional[Path] = typer.Option(None, help="Folder the media paths in --data are relative to "
+                                         "(default: each JSON file's folder)."),
     init: Optional[str] = typer.Option(None, help="Start from random weights of a preset: tiny or synth-small."),
     from_checkpoint: Optional[str] = typer.Option(None, "--from", help="Start from this checkpoint folder "
                                                   "(a LLaVA checkpoint, or an earlier stage)."),
@@ -301,7 +303,8 @@ def train(
     voco_tokens: Optional[int] = typer.Option(None, help="VoCo tokens per frame K (default: the checkpoint's, else 2)."),
     lr: float = typer.Option(5e-4, help="Peak learning rate (AdamW; warm-up then cosine to a tenth)."),
     warmup_steps: int = typer.Option(50, help="Linear warm-up steps."),
-    batch_size: int = typer.Option(64, help="Conversations per micro-batch."),
+    batch_size: int = typer.Option(64, help="Conversations per micro-batch (whole videos are taken until at "
+                                   "least this many of their questions are in)."),
     grad_accum: int = typer.Option(1, help="Micro-batches per optimizer step."),
     steps: Optional[int] = typer.Option(None, help="Optimizer steps (default: from --epochs)."),
     epochs: float = typer.Option(1.0, help="Passes over the data when --steps is not given."),
@@ -309,7 +312,8 @@ def train(
     fps: float = typer.Option(1.0, help="Frames sampled per second of training video."),
     max_frames: int = typer.Option(64, help="Most frames per training video (spread evenly)."),
     save_every: int = typer.Option(200, help="Write the checkpoint every N optimizer steps."),
-    resume: bool = typer.Option(False, help="Continue the run saved in --out from its last step."),
+    resume: bool = typer.Option(False, help="Continue the run saved in --out from its last step, with its "
+                                "saved settings (only --steps/--epochs, --save-every, --threads, --device change)."),
     seed: int = typer.Option(0, help="Seed of the initial weights and the data order."),
     threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's choice)."),
     device: str = DeviceOpt,
@@ -328,7 +332,7 @@ def train(
     warnings.filterwarnings("ignore", category=FutureWarning)
     if no_voco_mask:
         mask = "causal"
-    cfg = TrainConfig(data=tuple(data), out=str(out_dir), init=init, checkpoint=from_checkpoint, mask=mask,
+    cfg = TrainConfig(data=tuple(data), out=str(out_dir), media=str(media) if media else None, init=init, checkpoint=from_checkpoint, mask=mask,
                       compressor=compressor, voco_tokens=voco_tokens, lr=lr, warmup_steps=warmup_steps,
                       batch_size=batch_size, grad_accum=grad_accum, steps=steps, epochs=epochs,
                       freeze_vision=freeze_vision, fps=fps, max_frames=max_frames, save_every=save_every,
@@ -347,7 +351,7 @@ def train(
 
     with progress:
         task = progress.add_task("steps", total=None, info="reading data")
-        st = run_training(cfg, resume=resume, on_step=on_step)
+        st = run_training(cfg, resume=resume, on_step=on_step, notice=lambda s: err.print(s))
     out.print(f"{out_dir}: {st.step} steps, {st.samples:,} conversations in {st.seconds / 60:.1f} min; "
               f"final loss {st.losses[-1][1] if st.losses else float('nan'):.4f} (loss.png beside it)")
 

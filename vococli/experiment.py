@@ -28,6 +28,7 @@ from typing import Callable
 
 import torch
 
+from .errors import UserError
 from .synth import SynthConfig, synthesize
 
 
@@ -126,7 +127,12 @@ def run_jobs(jobs: list[tuple[str, list[str]]], parallel: int, logdir: Path, not
                 log.close()
                 running.remove(job)
                 if proc.returncode != 0:
-                    raise RuntimeError(f"training {name} failed (exit {proc.returncode}); see {logdir / name}.log")
+                    for _, other, other_log in running:  # stop the rest: a rerun resumes them
+                        other.terminate()
+                        other.wait()
+                        other_log.close()
+                    raise UserError(f"training {name} failed (exit {proc.returncode}); see {logdir / name}.log, "
+                                    "then rerun the same command to resume")
 
 
 def train_all(cfg: Table1Config, notice) -> Path:
@@ -174,17 +180,20 @@ def evaluate(cfg: Table1Config, notice, only: set[str] | None = None) -> dict:
         comp = load_compressor(root / "runs" / run, m)
         for s in sets:
             key = f"{row}/{s}"
-            if key in results:
-                continue
+            if results.get(key, {}).get("model_fingerprint") == m.fingerprint:
+                continue  # scored before, on these very weights
             seconds = int(s.split("_")[1]) if s.startswith("needle") else 0
             fits = (m.max_positions - m.layout.c0 - 64) // m.layout.k
             cap = fits if seconds and seconds >= fits else None
             t0 = time.perf_counter()
             sc = score_qa(m, root / "data" / s, mode=mode, compressor=comp, max_frames=cap,
                           videos_per_batch=1 if seconds > 100 else 16)
-            results[key] = {**sc.to_dict(), "frames_cap": cap, "seconds": round(time.perf_counter() - t0, 1)}
+            results[key] = {**sc.to_dict(), "frames_cap": cap, "seconds": round(time.perf_counter() - t0, 1),
+                            "model_fingerprint": m.fingerprint}
             notice(f"{key}: {sc.accuracy:.3f} ({sc.total} questions)")
-            cache_file.write_text(json.dumps(results, indent=1) + "\n")
+            tmp = cache_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(results, indent=1) + "\n")
+            os.replace(tmp, cache_file)
     return results
 
 

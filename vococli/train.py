@@ -9,7 +9,9 @@ accelerate for many GPUs later. A run writes into one output folder:
     <out>/trainer/state.json                step, data cursor, settings, loss history
     <out>/loss.csv, loss.png                the loss curve
 
-`--resume` continues from the saved step with the same data order.
+`--resume` continues from the saved step with the run's saved settings (same data order and
+schedule); only the length (`--steps`/`--epochs`), `--save-every`, `--threads` and `--device` may
+change. A save is staged in `<out>/.saving` and moved into place only once complete.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ TRAINER_DIR = "trainer"
 class TrainConfig:
     data: tuple[str, ...]  # LLaVA JSON files or folders holding train.json
     out: str
+    media: str | None = None  # folder the media paths are relative to (default: each JSON's folder)
     init: str | None = None  # a preset name (tiny, synth-small): start from random weights
     checkpoint: str | None = None  # or start from this checkpoint folder
     mask: str = "voco"  # voco | causal (no VoCo mask: the upper bound / first curriculum stage)
@@ -137,19 +140,40 @@ def _register_voco(llava, tok) -> None:
         llava.resize_token_embeddings(len(tok))
 
 
-def save_model(model: VocoModel, compressor, proc: dict, out: Path) -> None:
-    """Write the checkpoint files into `out` (each replaced in one rename)."""
-    tmp = out / ".saving"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+STAGING = ".saving"
+COMPLETE = "COMPLETE"  # written last into the staging folder: everything before it is on disk
+
+
+def stage_model(model: VocoModel, compressor, proc: dict, tmp: Path) -> None:
+    """Write the checkpoint files into the staging folder `tmp`."""
     model.llava.save_pretrained(tmp)
     model.tokenizer.save_pretrained(tmp)
     (tmp / "preprocessor_config.json").write_text(json.dumps(proc, indent=2) + "\n")
     if compressor is not None:
         save_file({k: v.contiguous() for k, v in compressor.state_dict().items()}, tmp / COMPRESSOR_FILE)
+
+
+def commit_staged(out: Path) -> None:
+    """Move a complete staged save into place (trainer state last), or drop an incomplete one.
+
+    Called after every save and before every start, so an interrupted save is either finished
+    (all its files were written) or forgotten (the previous checkpoint is untouched)."""
+    tmp = out / STAGING
+    if not tmp.exists():
+        return
+    if not (tmp / COMPLETE).exists():
+        shutil.rmtree(tmp)
+        return
+    staged_trainer = tmp / TRAINER_DIR
     for f in tmp.iterdir():
-        os.replace(f, out / f.name)
-    tmp.rmdir()
+        if f.is_file() and f.name != COMPLETE:
+            os.replace(f, out / f.name)
+    if staged_trainer.exists():
+        (out / TRAINER_DIR).mkdir(exist_ok=True)
+        for name in ("optimizer.safetensors", "state.json"):  # state.json last: it names the step
+            if (staged_trainer / name).exists():
+                os.replace(staged_trainer / name, out / TRAINER_DIR / name)
+    shutil.rmtree(tmp)
 
 
 def load_compressor(path: Path, model: VocoModel) -> AvgPoolCompressor | None:
@@ -193,7 +217,7 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
     """Linear warm-up, then cosine decay to a tenth of the peak."""
     if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
+        return cfg.lr * (step + 1) / cfg.warmup_steps  # warmup_steps > 0 here
     frac = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
@@ -201,10 +225,10 @@ def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
 # ----------------------------------------------------------------------------- loop
 
 
-def load_data(cfg: TrainConfig, model: VocoModel) -> list[MediaItem]:
+def load_data(cfg: TrainConfig, model: VocoModel, notice=print) -> list[MediaItem]:
     items: list[MediaItem] = []
     for d in cfg.data:
-        items += read_training_file(model, Path(d))
+        items += read_training_file(model, Path(d), Path(cfg.media) if cfg.media else None, notice)
     if not items:
         raise UserError("the training data holds no samples")
     return items
@@ -227,22 +251,27 @@ def train(cfg: TrainConfig, resume: bool = False,
         raise UserError("--mask is voco or causal; --compressor is voco or avgpool")
     if cfg.compressor == "avgpool" and cfg.mask != "voco":
         raise UserError("--compressor avgpool replaces the VoCo tokens; it cannot be combined with --mask causal")
-    if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.lr <= 0:
-        raise UserError("--batch-size and --grad-accum must be at least 1 and --lr positive")
+    if min(cfg.batch_size, cfg.grad_accum, cfg.save_every, cfg.max_frames) < 1 or cfg.lr <= 0:
+        raise UserError("--batch-size, --grad-accum, --save-every and --max-frames must be at least 1 "
+                        "and --lr positive")
+    if cfg.warmup_steps < 0 or (cfg.steps is not None and cfg.steps < 1) or cfg.epochs <= 0:
+        raise UserError("--steps must be at least 1, --epochs positive and --warmup-steps at least 0")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     state_file = out / TRAINER_DIR / "state.json"
+    if out.is_dir():
+        commit_staged(out)  # finish or forget a save that was interrupted
     if resume:
         if not state_file.exists():
             raise UserError(f"{out}: nothing to resume (no {TRAINER_DIR}/state.json)")
         saved = json.loads(state_file.read_text())
-        for key in ("mask", "compressor"):
-            if saved["config"][key] != getattr(cfg, key):
-                raise UserError(f"{out}: this run was trained with --{key} {saved['config'][key]}; "
-                                f"resume it with the same setting")
-        cfg = replace(cfg, init=None, checkpoint=str(out))
+        # a resumed run keeps its settings (data order, schedule, mask, K); only these may change
+        keep = {k: v for k, v in saved["config"].items() if k in TrainConfig.__dataclass_fields__}
+        keep["data"] = tuple(keep["data"])
+        cfg = replace(TrainConfig(**keep), steps=cfg.steps, epochs=cfg.epochs, save_every=cfg.save_every,
+                      threads=cfg.threads, device=cfg.device, init=None, checkpoint=str(out))
         st = TrainState(**{k: v for k, v in saved["state"].items()})
         st.losses = [tuple(x) for x in st.losses]
     else:
@@ -251,7 +280,7 @@ def train(cfg: TrainConfig, resume: bool = False,
         st = TrainState()
     torch.manual_seed(cfg.seed)
     model, compressor, proc = build_model(cfg, device)
-    items = load_data(cfg, model)
+    items = load_data(cfg, model, notice)
     total = total_steps(cfg, items)
     params = [p for p in model.llava.parameters() if p.requires_grad]
     if compressor is not None:
@@ -301,14 +330,16 @@ def train(cfg: TrainConfig, resume: bool = False,
 
 
 def save_all(cfg: TrainConfig, model, compressor, proc, opt, st: TrainState, out: Path) -> None:
-    save_model(model, compressor, proc, out)
-    tdir = out / TRAINER_DIR
-    tdir.mkdir(exist_ok=True)
-    save_optimizer(opt, tdir / "optimizer.tmp")
-    os.replace(tdir / "optimizer.tmp", tdir / "optimizer.safetensors")
+    """Stage model, optimizer and state together, mark the stage complete, then move it into place."""
+    tmp = out / STAGING
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / TRAINER_DIR).mkdir(parents=True)
+    stage_model(model, compressor, proc, tmp)
+    save_optimizer(opt, tmp / TRAINER_DIR / "optimizer.safetensors")
     record = {"config": asdict(cfg), "state": asdict(st)}
-    (tdir / "state.tmp").write_text(json.dumps(record) + "\n")
-    os.replace(tdir / "state.tmp", tdir / "state.json")
+    (tmp / TRAINER_DIR / "state.json").write_text(json.dumps(record) + "\n")
+    (tmp / COMPLETE).write_text(f"{st.step}\n")
+    commit_staged(out)
     write_loss_curve(st.losses, out)
 
 

@@ -60,7 +60,7 @@ def encode_conversation(model: VocoModel, turns: list[dict], where: str) -> Conv
     targets: list[int] = []
     messages: list[dict] = []
     pairs = [(turns[i], turns[i + 1]) for i in range(0, len(turns) - 1, 2)]
-    if not pairs or len(turns) % 2:
+    if not isinstance(turns, list) or not pairs or len(turns) % 2:
         raise UserError(f"{where}: a conversation must alternate human and gpt turns, starting with human")
     for human, gpt in pairs:
         if human.get("from") != "human" or gpt.get("from") != "gpt":
@@ -77,8 +77,11 @@ def encode_conversation(model: VocoModel, turns: list[dict], where: str) -> Conv
     return Conversation(ids=ids, targets=targets[:len(ids)])
 
 
-def read_training_file(model: VocoModel, json_path: Path, media_dir: Path | None = None) -> list[MediaItem]:
-    """Parse a LLaVA-format JSON file into media items with their encoded conversations."""
+def read_training_file(model: VocoModel, json_path: Path, media_dir: Path | None = None,
+                       notice=print) -> list[MediaItem]:
+    """Parse a LLaVA-format JSON file into media items with their encoded conversations.
+
+    Text-only samples are skipped (with a count); media paths must stay inside `media_dir`."""
     json_path = Path(json_path)
     if json_path.is_dir():
         json_path = json_path / "train.json"
@@ -92,23 +95,31 @@ def read_training_file(model: VocoModel, json_path: Path, media_dir: Path | None
     if not isinstance(samples, list):
         raise UserError(f"{json_path}: expected a JSON list of samples")
     items: dict[str, MediaItem] = {}
+    text_only = 0
     for i, s in enumerate(samples):
         where = f"{json_path} sample {i}"
         if not isinstance(s, dict) or "conversations" not in s:
             raise UserError(f"{where}: no 'conversations'")
         media = s.get("video") or s.get("image")
         if not media:
-            raise UserError(f"{where}: text-only samples are not supported (no 'video' or 'image')")
+            text_only += 1
+            continue
+        if not isinstance(media, str):
+            raise UserError(f"{where}: 'image'/'video' must be one path (samples with several images are "
+                            "not supported)")
         path = (media_dir / media).resolve()
         if not path.is_relative_to(media_dir.resolve()):
             raise UserError(f"{where}: media path {media!r} leaves the media folder")
         item = items.setdefault(str(path), MediaItem(path=path, is_video="video" in s))
         item.conversations.append(encode_conversation(model, s["conversations"], where))
+    if text_only:
+        notice(f"{json_path}: skipped {text_only} text-only sample(s) (no 'image' or 'video')")
     return list(items.values())
 
 
 class FrameStore:
-    """Pixels of each media item, decoded on first use and kept in memory (as float16)."""
+    """Pixels of each media item, decoded on first use and kept in memory (rounded to float16
+    either way, so a resumed run sees exactly what an uninterrupted one saw)."""
 
     def __init__(self, spec: ImageSpec, sampling: Sampling, keep: bool = True):
         self.spec, self.sampling, self.keep = spec, sampling, keep
@@ -119,10 +130,10 @@ class FrameStore:
         if item.path in self._pixels:
             return self._pixels[item.path].float()
         frames = self._read(item)
-        pixels = to_pixels(frames, self.spec, torch.device("cpu"), torch.float32)
+        pixels = to_pixels(frames, self.spec, torch.device("cpu"), torch.float32).half()
         if self.keep:
-            self._pixels[item.path] = pixels.half()
-        return pixels
+            self._pixels[item.path] = pixels
+        return pixels.float()  # the same rounding whether decoded now or kept from before
 
     def _read(self, item: MediaItem) -> np.ndarray:
         if not item.path.exists():

@@ -138,7 +138,7 @@ def greedy_answers(model: VocoModel, state: FrameState, prompts: list[list[int]]
     """
     dev = state.n_frames.device
     eos = model.tokenizer.eos_token_id
-    pad = model.tokenizer.pad_token_id
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else eos
     seqs = [list(p) for p in prompts]
     answers: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
