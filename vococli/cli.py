@@ -311,6 +311,8 @@ def train(
     freeze_vision: bool = typer.Option(False, help="Keep the vision tower's weights fixed."),
     fps: float = typer.Option(1.0, help="Frames sampled per second of training video."),
     max_frames: int = typer.Option(64, help="Most frames per training video (spread evenly)."),
+    keep_frames: bool = typer.Option(True, "--keep-frames/--no-keep-frames", help="Keep decoded frames in "
+                                     "memory (fp16) after their first use; turn off for data larger than RAM."),
     save_every: int = typer.Option(200, help="Write the checkpoint every N optimizer steps."),
     resume: bool = typer.Option(False, help="Continue the run saved in --out from its last step, with its "
                                 "saved settings (only --steps/--epochs, --save-every, --threads, --device change)."),
@@ -335,7 +337,8 @@ def train(
     cfg = TrainConfig(data=tuple(data), out=str(out_dir), media=str(media) if media else None, init=init, checkpoint=from_checkpoint, mask=mask,
                       compressor=compressor, voco_tokens=voco_tokens, lr=lr, warmup_steps=warmup_steps,
                       batch_size=batch_size, grad_accum=grad_accum, steps=steps, epochs=epochs,
-                      freeze_vision=freeze_vision, fps=fps, max_frames=max_frames, save_every=save_every,
+                      freeze_vision=freeze_vision, fps=fps, max_frames=max_frames, keep_frames=keep_frames,
+                      save_every=save_every,
                       seed=seed, threads=threads, device=None if device == "auto" else device, bf16=bf16)
     if voco_tokens is not None and voco_tokens < 1:
         raise UserError("--voco-tokens must be at least 1")

@@ -59,6 +59,7 @@ class TrainConfig:
     freeze_vision: bool = False
     fps: float = 1.0
     max_frames: int = 64
+    keep_frames: bool = True  # keep decoded pixels in memory (fp16) after their first use
     save_every: int = 200
     seed: int = 0
     threads: int | None = None
@@ -271,7 +272,8 @@ def train(cfg: TrainConfig, resume: bool = False,
         keep = {k: v for k, v in saved["config"].items() if k in TrainConfig.__dataclass_fields__}
         keep["data"] = tuple(keep["data"])
         cfg = replace(TrainConfig(**keep), steps=cfg.steps, epochs=cfg.epochs, save_every=cfg.save_every,
-                      threads=cfg.threads, device=cfg.device, init=None, checkpoint=str(out))
+                      threads=cfg.threads, device=cfg.device, keep_frames=cfg.keep_frames, init=None,
+                      checkpoint=str(out))
         st = TrainState(**{k: v for k, v in saved["state"].items()})
         st.losses = [tuple(x) for x in st.losses]
     else:
@@ -288,7 +290,7 @@ def train(cfg: TrainConfig, resume: bool = False,
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     if resume and (out / TRAINER_DIR / "optimizer.safetensors").exists():
         load_optimizer(opt, out / TRAINER_DIR / "optimizer.safetensors")
-    store = FrameStore(model.image, Sampling(fps=cfg.fps, max_frames=cfg.max_frames))
+    store = FrameStore(model.image, Sampling(fps=cfg.fps, max_frames=cfg.max_frames), keep=cfg.keep_frames)
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
     pad = model.tokenizer.pad_token_id
     if pad is None:
