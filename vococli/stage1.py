@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from .layout import additive_mask, frame_allowed, text_visible
 from .model import VocoModel
 
 
@@ -36,18 +37,29 @@ def frame_embeddings(model: VocoModel, feats: torch.Tensor) -> torch.Tensor:
     return torch.cat([head.expand(b, -1, -1), feats.to(head.dtype), tail.expand(b, -1, -1)], dim=1)
 
 
+def prefill_frames(model: VocoModel, embeds: torch.Tensor, shift: torch.Tensor,
+                   mode: str = "voco") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Prefill frame sequences (F, frame_len, H), frame i at positions `arange(frame_len) + shift[i]`,
+    with the in-frame mask of `mode`; returns per layer the keys and values (F, Hkv, m, D) of the
+    m tokens text may see (the K VoCo slots for voco/avgpool, every token for causal)."""
+    lay = model.layout
+    n, fl, _ = embeds.shape
+    dev = embeds.device
+    positions = torch.arange(fl, device=dev)[None, :] + shift.to(dev)[:, None]  # (F, fl)
+    mask = additive_mask(frame_allowed(lay, mode), embeds.dtype).to(dev).expand(n, 1, fl, fl)
+    cache = DynamicCache(config=model.text_config)
+    model.language_model(inputs_embeds=embeds, position_ids=positions, attention_mask=mask,
+                         past_key_values=cache, use_cache=True)
+    keep = text_visible(lay, mode).to(dev)
+    return [layer.keys[:, :, keep] for layer in cache.layers], [layer.values[:, :, keep] for layer in cache.layers]
+
+
 @torch.inference_mode()
 def compress_embeddings(model: VocoModel, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal prefill of stage-1 embeddings; returns VoCo keys, values (L, B, Hkv, K, D)."""
-    lay = model.layout
-    b, n, _ = embeds.shape
-    positions = torch.arange(n, device=embeds.device).expand(b, n)
-    cache = DynamicCache(config=model.text_config)
-    model.language_model(inputs_embeds=embeds, position_ids=positions, past_key_values=cache, use_cache=True)
-    voco = slice(lay.c0, lay.c0 + lay.k)
-    keys = torch.stack([layer.keys[:, :, voco] for layer in cache.layers])  # (L, B, Hkv, K, D)
-    values = torch.stack([layer.values[:, :, voco] for layer in cache.layers])
-    return keys, values
+    """Causal prefill of stage-1 embeddings at the canonical offset; returns VoCo keys, values
+    (L, B, Hkv, K, D)."""
+    keys, values = prefill_frames(model, embeds, torch.zeros(embeds.shape[0], dtype=torch.long))
+    return torch.stack(keys), torch.stack(values)
 
 
 @torch.inference_mode()

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from .layout import additive_mask, frame_allowed, text_start, text_visible
+from .layout import additive_mask, text_start
 from .model import VocoModel
-from .stage1 import frame_embeddings, image_features
+from .stage1 import frame_embeddings, image_features, prefill_frames
 
 IGNORE = -100  # target of positions that are not supervised
 
@@ -66,18 +66,10 @@ def encode_frames(model: VocoModel, pixels: torch.Tensor, n_frames: list[int], m
         if compressor is None:
             raise ValueError("mode avgpool needs the compressor")
         embeds = torch.cat([embeds[:, :lay.c0], compressor(feats).to(embeds.dtype)], dim=1)
-    n, fl = embeds.shape[:2]
-    # frame t of its video sits at arange(fl) + t*K
-    t_in_video = torch.arange(n, device=dev) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-    positions = torch.arange(fl, device=dev)[None, :] + lay.k * t_in_video[:, None]  # (F, fl)
-    mask = additive_mask(frame_allowed(lay, mode), embeds.dtype).to(dev).expand(n, 1, fl, fl)
-    cache = DynamicCache(config=model.text_config)
-    model.language_model(inputs_embeds=embeds, position_ids=positions, attention_mask=mask,
-                         past_key_values=cache, use_cache=True)
-    keep = text_visible(lay, mode).to(dev)
-    return FrameState(keys=[layer.keys[:, :, keep] for layer in cache.layers],
-                      values=[layer.values[:, :, keep] for layer in cache.layers],
-                      first_frame=counts.cumsum(0) - counts, n_frames=counts)
+    # frame t of its video sits at arange(frame_len) + t*K
+    t_in_video = torch.arange(embeds.shape[0], device=dev) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    keys, values = prefill_frames(model, embeds, lay.k * t_in_video, mode)
+    return FrameState(keys=keys, values=values, first_frame=counts.cumsum(0) - counts, n_frames=counts)
 
 
 def text_hidden(model: VocoModel, state: FrameState, ids: torch.Tensor, lengths: torch.Tensor,
