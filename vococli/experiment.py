@@ -30,6 +30,7 @@ import torch
 
 from .errors import UserError
 from .synth import SynthConfig, synthesize
+from .train import TRAINER_DIR
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def make_data(cfg: Table1Config, notice: Callable[[str], None]) -> Path:
 
 
 def _run_done(out: Path, steps: int) -> bool:
-    state = out / "trainer" / "state.json"
+    state = out / TRAINER_DIR / "state.json"
     return state.exists() and json.loads(state.read_text())["state"]["step"] >= steps
 
 
@@ -105,7 +106,7 @@ def train_command(cfg: Table1Config, out: Path, extra: list[str], steps: int, th
            "--threads", str(threads)]
     for name in ("train_frame", "train_temporal", "train_needle"):
         cmd += ["--data", str(data / name)]
-    if (out / "trainer" / "state.json").exists():
+    if (out / TRAINER_DIR / "state.json").exists():
         cmd.append("--resume")
     return cmd + extra
 
@@ -147,7 +148,7 @@ def train_all(cfg: Table1Config, notice) -> Path:
         out = runs / name
         if _run_done(out, cfg.stage_steps):
             continue
-        start = [] if (out / "trainer" / "state.json").exists() else ["--from", str(base)]
+        start = [] if (out / TRAINER_DIR / "state.json").exists() else ["--from", str(base)]
         jobs.append((name, train_command(cfg, out, start + flags, cfg.stage_steps, cfg.threads_per_run,
                                          cfg.stage_lr)))
     run_jobs(jobs, cfg.parallel, runs / "logs", notice)
@@ -163,6 +164,7 @@ def evaluate(cfg: Table1Config, notice, only: set[str] | None = None) -> dict:
     from .model import load_model
     from .qa_score import score_qa
     from .train import load_compressor
+    from .video_cache import max_frames_that_fit
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     root = Path(cfg.workdir)
@@ -183,7 +185,7 @@ def evaluate(cfg: Table1Config, notice, only: set[str] | None = None) -> dict:
             if results.get(key, {}).get("model_fingerprint") == m.fingerprint:
                 continue  # scored before, on these very weights
             seconds = int(s.split("_")[1]) if s.startswith("needle") else 0
-            fits = (m.max_positions - m.layout.c0 - 64) // m.layout.k
+            fits = max_frames_that_fit(m, 64)  # room for the prompt and the answer
             cap = fits if seconds and seconds >= fits else None
             t0 = time.perf_counter()
             sc = score_qa(m, root / "data" / s, mode=mode, compressor=comp, max_frames=cap,
@@ -211,6 +213,8 @@ def write_report(cfg: Table1Config, results: dict, minutes: float, command: str)
         return "-" if x is None else f"{100 * x:.1f}"
 
     def retention(row, s):
+        if row in ("upper", "lower"):  # the two ends of the scale, by definition
+            return "100%" if row == "upper" else "0%"
         up, lo, x = acc("upper", s), acc("lower", s), acc(row, s)
         if None in (up, lo, x) or up - lo <= 0:
             return "-"
@@ -220,10 +224,9 @@ def write_report(cfg: Table1Config, results: dict, minutes: float, command: str)
     head = ["model", "single-frame acc", "temporal acc", "retention (frame)", "retention (temporal)"]
     head += [f"needle {_length(s)}" for s, _ in cfg.needle_eval]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in ("upper", "voco_k1", "voco_k2", "voco_k8", "avgpool_k1", "lower"):
-        cells = [LABELS[row], pct(acc(row, "eval_frame")), pct(acc(row, "eval_temporal"))]
-        cells += [("100%" if row == "upper" else "0%" if row == "lower" else retention(row, "eval_frame")),
-                  ("100%" if row == "upper" else "0%" if row == "lower" else retention(row, "eval_temporal"))]
+    for row in LABELS:
+        cells = [LABELS[row], pct(acc(row, "eval_frame")), pct(acc(row, "eval_temporal")),
+                 retention(row, "eval_frame"), retention(row, "eval_temporal")]
         for s in needles:
             r = results.get(f"{row}/{s}")
             note = f" ({r['frames_cap']} frames)" if r and r.get("frames_cap") else ""
@@ -232,7 +235,7 @@ def write_report(cfg: Table1Config, results: dict, minutes: float, command: str)
     types = [(s, t) for s in ("eval_frame", "eval_temporal")
              for t in sorted(results.get(f"upper/{s}", {}).get("by_type", {}))]
     by_type = ["| model | " + " | ".join(t for _, t in types) + " |", "|---|" + "---|" * len(types)]
-    for row in ("upper", "voco_k1", "voco_k2", "voco_k8", "avgpool_k1", "lower"):
+    for row in LABELS:
         cells = [pct(results.get(f"{row}/{s}", {}).get("by_type", {}).get(t, {}).get("accuracy")) for s, t in types]
         by_type.append(f"| {LABELS[row]} | " + " | ".join(cells) + " |")
     n_frame = results.get("upper/eval_frame", {}).get("total", "?")
