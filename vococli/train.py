@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import UserError
 from .layout import MODES
-from .model import ImageSpec, VocoModel, read_image_spec, read_layout
+from .model import ImageSpec, VocoModel, read_layout
 from .train_data import FrameStore, MediaItem, epoch_batches, make_batch, read_training_file
 from .video import Sampling
 from .voco_forward import AvgPoolCompressor, answer_loss, encode_frames
@@ -255,6 +255,8 @@ def train(cfg: TrainConfig, resume: bool = False,
     if min(cfg.batch_size, cfg.grad_accum, cfg.save_every, cfg.max_frames) < 1 or cfg.lr <= 0:
         raise UserError("--batch-size, --grad-accum, --save-every and --max-frames must be at least 1 "
                         "and --lr positive")
+    if cfg.voco_tokens is not None and cfg.voco_tokens < 1:
+        raise UserError("--voco-tokens must be at least 1")
     if cfg.warmup_steps < 0 or (cfg.steps is not None and cfg.steps < 1) or cfg.epochs <= 0:
         raise UserError("--steps must be at least 1, --epochs positive and --warmup-steps at least 0")
     if cfg.threads:

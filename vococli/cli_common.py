@@ -1,0 +1,32 @@
+"""What the command modules share: the two consoles, common options, progress bars, quiet logs."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint folder (or hub id when online).")
+DeviceOpt = typer.Option("auto", help="cpu, cuda, cuda:1 ... (auto: GPU when present).")
+DtypeOpt = typer.Option("auto", help="float32, bfloat16 or float16 (auto: bf16 on GPU, fp32 on CPU).")
+
+
+def quiet_transformers() -> None:
+    import warnings
+
+    import transformers
+
+    # transformers >= 5.24 renames the cache argument; both spellings work until 5.40 (pinned below it)
+    warnings.filterwarnings("ignore", message=r".*past_key_values.*deprecated", category=FutureWarning)
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def progress_bar(label: str) -> Progress:
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err, transient=False,
+                    disable=not err.is_terminal)
