@@ -13,20 +13,13 @@ from typing import Optional
 
 import typer
 
-from .cli_common import DeviceOpt, DtypeOpt, ModelOpt, err, out, progress_bar, quiet_transformers
+from .cli_common import DeviceOpt, DtypeOpt, ModelOpt, err, model_path, out, progress_bar, quiet_transformers
+from .cli_eval import eval_command, score_command
 from .cli_training import experiment_table1, synth, tiny_model, train
 from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Answer questions about long videos from compact VoCo caches.")
-
-def _model_path(model: Optional[str]) -> str:
-    if model:
-        return model
-    from .defaults import default_model_path
-
-    return default_model_path()
-
 
 @app.command()
 def compress(
@@ -53,7 +46,7 @@ def compress(
     quiet_transformers()
     if not video.exists():
         raise UserError(f"{video}: file not found")
-    m = load_model(_model_path(model), device=device, dtype=dtype, voco_tokens=voco_tokens)
+    m = load_model(model_path(model), device=device, dtype=dtype, voco_tokens=voco_tokens)
     sampling = Sampling(fps=fps, start=start, end=end, max_frames=max_frames)
     with progress_bar("compress") as bar:
         task = bar.add_task("frames", total=None, rate="")
@@ -97,7 +90,7 @@ def _load_for_answering(cache: Path, model, device, dtype, load_4bit, subsample,
 
     quiet_transformers()
     info = read_info(cache)  # validates the cache before the model is loaded
-    m = load_model(_model_path(model), device=device, dtype=dtype, vision=False, load_4bit=load_4bit,
+    m = load_model(model_path(model), device=device, dtype=dtype, vision=False, load_4bit=load_4bit,
                    voco_tokens=info["k"])
     video = load_cache(cache, fingerprint=m.fingerprint)
     return m, fit_to_context(m, video, reserve(m), subsample, notice=lambda s: err.print(s))
@@ -230,7 +223,10 @@ def info(
         out.print(f"[bold]{k:>12}[/bold]  {v}")
 
 
-# commands that make data and models live in cli_training; registered here, in --help order
+# benchmark commands live in cli_eval, commands that make data and models in cli_training;
+# registered here, in --help order
+app.command("eval")(eval_command)
+app.command("score")(score_command)
 app.command()(synth)
 app.command()(train)
 experiment_app = typer.Typer(help="Reproducible experiments on synthetic data.", no_args_is_help=True)

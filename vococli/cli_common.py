@@ -14,6 +14,15 @@ DeviceOpt = typer.Option("auto", help="cpu, cuda, cuda:1 ... (auto: GPU when pre
 DtypeOpt = typer.Option("auto", help="float32, bfloat16 or float16 (auto: bf16 on GPU, fp32 on CPU).")
 
 
+def model_path(model: str | None) -> str:
+    """The --model value, else $VOCOCLI_MODEL, else the bundled default model."""
+    if model:
+        return model
+    from .defaults import default_model_path
+
+    return default_model_path()
+
+
 def quiet_transformers() -> None:
     import warnings
 

@@ -19,14 +19,11 @@ import torch
 
 from .answer import render_prompt
 from .errors import UserError
+from .judge import normalise
 from .model import VocoModel
 from .train_data import FrameStore, MediaItem
 from .video import Sampling
 from .voco_forward import greedy_answers, encode_frames
-
-
-def normalise(text: str) -> str:
-    return " ".join(text.lower().strip().rstrip(".").split())
 
 
 @dataclass

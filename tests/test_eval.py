@@ -1,0 +1,152 @@
+"""`vococli eval` end to end with the bundled model on synthetic videos: a run killed with SIGKILL
+and rerun ends with the same predictions as an uninterrupted run, no question recorded twice;
+broken and missing videos are per-question errors; caches are shared between runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vococli.synth import SynthConfig, synthesize
+
+
+def cmd(*args):
+    return [sys.executable, "-m", "vococli", *map(str, args)]
+
+
+def run(*args):
+    env = {k: v for k, v in os.environ.items() if k != "VOCOCLI_MODEL"}
+    return subprocess.run(cmd(*args), capture_output=True, text=True, env=env, timeout=600)
+
+
+def lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """24 synthetic clips plus a missing and a corrupt video, in the LLaMA-VID test_qa.json format."""
+    root = tmp_path_factory.mktemp("evalset")
+    synthesize(SynthConfig(seed=4242, count=24, kind="mix", needle_seconds=(20,)), root)
+    qa = json.loads((root / "test_qa.json").read_text())
+    (root / "videos" / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000))
+    qa.insert(3, {"video_id": "gone", "question": "what colour is the circle?", "answer": "red", "id": "gone_0"})
+    qa += [{"video_id": "broken", "question": "how many shapes are there?", "answer": "one", "id": "broken_0"},
+           {"video_id": "broken", "question": "is there a square?", "answer": "no", "id": "broken_1"},
+           {"video_id": "../../etc/passwd", "question": "what?", "answer": "x", "id": "evil_0"}]
+    (root / "test_qa.json").write_text(json.dumps(qa))
+    return root, qa
+
+
+def eval_args(root, out, *extra):
+    return ("eval", "msvd", "--qa", root / "test_qa.json", "--videos", root / "videos", "--out", out,
+            "--suffix", "", "--json", *extra)
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, tmp_path_factory):
+    root, qa = dataset
+    out = tmp_path_factory.mktemp("ref") / "run"
+    r = run(*eval_args(root, out, "--cache-dir", out.parent / "caches"))
+    assert r.returncode == 0, r.stderr
+    return out, json.loads(r.stdout)
+
+
+def test_uninterrupted_run(dataset, reference):
+    root, qa = dataset
+    out, summary = reference
+    rows = lines(out / "predictions.jsonl")
+    assert [r["id"] for r in rows] == [str(q["id"]) for q in sorted(qa, key=lambda q: _video_order(qa)[q["video_id"]])]
+    errors = {r["id"]: r["error"] for r in rows if "error" in r}
+    assert set(errors) == {"gone_0", "broken_0", "broken_1", "evil_0"}
+    assert "not found" in errors["gone_0"] and "leaves the videos folder" in errors["evil_0"]
+    assert all("pred" not in r for r in rows if "error" in r)
+    assert summary["errors"] == 4 and summary["answered"] == len(qa) - 4
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["prompt"]["suffix"] == "" and rec["k"] == 2 and len(rec["annotations"][0]["sha256"]) == 64
+    assert rec["generation"]["decoding"] == "greedy" and "torch" in rec["versions"]
+    # the bundled model really answers: well above guessing on these synthetic questions
+    answered = [r for r in rows if "pred" in r]
+    assert sum(r["pred"] == r["answer"] for r in answered) / len(answered) > 0.5
+
+
+def _video_order(qa):
+    order = {}
+    for q in qa:
+        order.setdefault(q["video_id"], len(order))
+    return order
+
+
+def test_killed_run_resumes_to_the_same_predictions(dataset, reference, tmp_path):
+    root, qa = dataset
+    ref_out, _ = reference
+    out = tmp_path / "run"
+    pred = out / "predictions.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "VOCOCLI_MODEL"}
+    proc = subprocess.Popen(cmd(*eval_args(root, out)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(lines(pred)) < 6:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = lines(pred)
+    assert proc.returncode == -signal.SIGKILL and 6 <= len(partial) < len(qa), "the run was not caught midway"
+    r = run(*eval_args(root, out))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    rows = lines(pred)
+    ids = [x["id"] for x in rows]
+    assert len(ids) == len(set(ids)) == len(qa)  # nothing recorded twice, nothing missing
+    assert summary["already_done"] == len(partial) and summary["answered"] + summary["errors"] == len(qa) - len(partial)
+    strip = lambda rs: {x["id"]: (x.get("pred"), x.get("error")) for x in rs}  # noqa: E731
+    assert strip(rows) == strip(lines(ref_out / "predictions.jsonl"))
+    # once complete, a rerun asks nothing
+    again = json.loads(run(*eval_args(root, out)).stdout)
+    assert again["answered"] == again["errors"] == 0 and again["already_done"] == len(qa)
+
+
+def test_torn_last_line_is_cut_and_redone(dataset, reference, tmp_path):
+    root, qa = dataset
+    ref_out, _ = reference
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text((ref_out / "run.json").read_text())
+    full = (ref_out / "predictions.jsonl").read_text().splitlines(keepends=True)
+    (out / "predictions.jsonl").write_text("".join(full[:5]) + full[5][:20])
+    r = run(*eval_args(root, out, "--cache-dir", ref_out.parent / "caches"))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["already_done"] == 5 and summary["frames_compressed"] == 0  # caches shared, not redone
+    assert len(lines(out / "predictions.jsonl")) == len(qa)
+
+
+def test_other_settings_are_refused_and_scores_written(dataset, reference):
+    root, _ = dataset
+    out, _ = reference
+    r = run(*eval_args(root, out, "--fps", "2"))
+    assert r.returncode == 1 and "different sampling" in r.stderr and "Traceback" not in r.stderr
+    r = run("score", out, "--json")
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["overall"]["errors"] == 4 and s["overall"]["judged"] == s["overall"]["correct"] + (
+        s["overall"]["judged"] - s["overall"]["correct"])
+    rows = [x for x in lines(out / "predictions.jsonl") if "pred" in x]
+    assert s["overall"]["correct"] == sum(x["pred"].strip().lower() == x["answer"] for x in rows)
+    assert set(s["by_type"]) >= {"color", "count", "shape"}
+    assert (out / "accuracy_exact.png").exists()
+    r = run("score", out)
+    assert r.returncode == 0 and "overall" in r.stdout
+
+
+def test_bad_input_is_one_line(dataset, tmp_path):
+    root, _ = dataset
+    r = run("eval", "msvd", "--qa", tmp_path / "none.json", "--videos", root / "videos", "--out", tmp_path / "o")
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0 and "none.json" in r.stderr
+    r = run("eval", "ucf", "--qa", root / "test_qa.json", "--videos", root / "videos", "--out", tmp_path / "o")
+    assert r.returncode == 1 and "unknown dataset" in r.stderr
+    r = run("score", tmp_path)
+    assert r.returncode == 1 and "not an eval run folder" in r.stderr

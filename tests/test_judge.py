@@ -1,0 +1,149 @@
+"""Judges: exact and containment matching, and the LLM judge against a local chat-completions server
+that misbehaves (malformed replies, HTTP 500s) the way real endpoints do."""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from vococli.eval_score import JUDGEMENTS_FILE, score_run
+from vococli.judge import JudgeConfig, JudgementCache, LLMJudge, contains_match, exact_match, parse_verdict
+
+
+def test_exact_and_contains():
+    assert exact_match("Red", " red. ")
+    assert not exact_match("red", "dark red")
+    assert contains_match("red", "It is dark red.")
+    assert contains_match("ice cream", "eating ice cream")
+    assert not contains_match("no", "not sure")
+    assert not contains_match("cat", "cats")
+
+
+def test_parse_verdict():
+    assert parse_verdict('{"pred": "yes", "score": 4}') == ("yes", 4)
+    assert parse_verdict("Sure! {'pred': 'no', 'score': 1} done") == ("no", 1)
+    assert parse_verdict('{"pred": "YES", "score": "5"}') == ("yes", 5)
+    for bad in ("yes", '{"pred": "maybe", "score": 3}', '{"pred": "yes", "score": 7}', '{"pred": "yes"}',
+                '{"pred": "yes", "score": 2.5}', "{__import__('os')}"):
+        assert parse_verdict(bad) is None, bad
+
+
+class Judge(BaseHTTPRequestHandler):
+    """Verdict: "yes" when the prediction equals the answer. Behaviour per prediction text:
+    'flaky-500' fails twice with HTTP 500, 'garbled' replies unreadably once, 'dead' always fails."""
+
+    calls: dict = {}
+    lock = threading.Lock()
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        user = body["messages"][-1]["content"]
+        pred = user.split("Predicted answer: ")[1].split("\n")[0]
+        answer = user.split("Correct answer: ")[1].split("\n")[0]
+        with self.lock:
+            n = self.calls[pred] = self.calls.get(pred, 0) + 1
+        if pred == "dead" or (pred == "flaky-500" and n <= 2):
+            self.send_response(500)
+            self.end_headers()
+            self.wfile.write(b"overloaded")
+            return
+        content = "I think it matches" if pred == "garbled" and n == 1 else json.dumps(
+            {"pred": "yes" if pred == answer or pred in ("flaky-500", "garbled") else "no", "score": 5 if pred == answer else 1})
+        reply = {"model": "judge-2026-01", "choices": [{"message": {"role": "assistant", "content": content}}]}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def server():
+    Judge.calls = {}
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.shutdown()
+
+
+def make_run(tmp_path, rows):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run
+
+
+ROWS = [
+    {"id": "1", "question": "what colour?", "answer": "red", "pred": "red", "type": "color"},
+    {"id": "2", "question": "what colour?", "answer": "blue", "pred": "green", "type": "color"},
+    {"id": "3", "question": "how many?", "answer": "two", "pred": "flaky-500", "type": "number"},
+    {"id": "4", "question": "how many?", "answer": "three", "pred": "garbled", "type": "number"},
+    {"id": "5", "question": "where?", "answer": "left", "pred": "dead", "type": "position"},
+    {"id": "6", "question": "where?", "answer": "top", "error": "video 'x' not found", "type": "position"},
+]
+
+
+def test_llm_judge_retries_counts_failures_apart_and_caches(tmp_path, server):
+    run = make_run(tmp_path, ROWS)
+    cfg = JudgeConfig(url=server, model="judge", retries=3, backoff_s=0.001, workers=4)
+    res = score_run(run, "llm", cfg).to_dict()
+    o = res["overall"]
+    # yes: 1, 3 (after two 500s), 4 (after one garbled reply); no: 2; failed: 5; error: 6
+    assert (o["correct"], o["judged"], o["failed_judgements"], o["errors"]) == (3, 4, 1, 1)
+    assert o["accuracy"] == 0.75 and o["score"] == pytest.approx((5 + 1 + 1 + 1) / 4)
+    assert res["by_type"]["position"] == {"accuracy": None, "correct": 0, "judged": 0, "errors": 1,
+                                          "failed_judgements": 1, "score": None}
+    assert res["judge_models_reported"] == {"judge-2026-01": 4}
+    assert Judge.calls["dead"] == 4 and Judge.calls["flaky-500"] == 3 and Judge.calls["garbled"] == 2
+    # a re-score asks only for the judgement that failed
+    before = dict(Judge.calls)
+    again = score_run(run, "llm", cfg).to_dict()
+    assert again["overall"] == o
+    assert {k: v - before.get(k, 0) for k, v in Judge.calls.items() if v != before.get(k, 0)} == {"dead": 4}
+    assert len((run / JUDGEMENTS_FILE).read_text().splitlines()) == 4
+    scores = json.loads((run / "scores.json").read_text())
+    assert scores["llm"]["overall"] == o and (run / "accuracy_llm.png").stat().st_size > 0
+
+
+def test_exact_and_contains_scores_keep_errors_apart(tmp_path):
+    rows = [{"id": "1", "question": "q", "answer": "red", "pred": "Red.", "type": "a"},
+            {"id": "2", "question": "q", "answer": "red", "pred": "dark red", "type": "a"},
+            {"id": "3", "question": "q", "answer": "two", "error": "video not found", "type": "b"}]
+    run = make_run(tmp_path, rows)
+    ex = score_run(run, "exact").to_dict()
+    assert ex["overall"] == {"accuracy": 0.5, "correct": 1, "judged": 2, "errors": 1}
+    co = score_run(run, "contains").to_dict()
+    assert co["overall"]["accuracy"] == 1.0
+    scores = json.loads((run / "scores.json").read_text())
+    assert set(scores) == {"exact", "contains"}
+
+
+def test_judge_does_not_retry_client_errors(tmp_path):
+    class Refuse(BaseHTTPRequestHandler):
+        hits = 0
+
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            Refuse.hits += 1
+            self.send_response(401)
+            self.end_headers()
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        judge = LLMJudge(JudgeConfig(url=f"http://127.0.0.1:{srv.server_address[1]}/v1", model="m", backoff_s=0.001),
+                         JudgementCache(tmp_path / "j.jsonl"))
+        j = judge.judge("q", "a", "p")
+        judge.close()
+    finally:
+        srv.shutdown()
+    assert j.verdict is None and j.error.startswith("HTTP 401") and Refuse.hits == 1
