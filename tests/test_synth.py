@@ -95,3 +95,21 @@ def test_bad_options():
         synthesize(SynthConfig(count=0), "/tmp/never")
     with pytest.raises(UserError):
         make_scene(SynthConfig(kind="nope"), 0)
+
+
+def test_types_filter_keeps_ids_and_half_the_prompts_carry_the_short_answer_suffix(tmp_path):
+    from vococli.qa_formats import SHORT_ANSWER_SUFFIX
+
+    full = annotations(SynthConfig(seed=8, count=10, kind="mix", needle_seconds=(8,)))
+    shape = annotations(SynthConfig(seed=8, count=10, kind="mix", needle_seconds=(8,), types=("shape",)))
+    want = [e for e in full[2] if e["type"] == "shape"]
+    assert shape[2] == want and want  # same ids, questions and answers as in the unfiltered set
+    assert {i for i, _ in shape[0]} == {int(e["id"].split("_")[2]) for e in want}
+    prompts = [s["conversations"][0]["value"] for s in full[1]]
+    with_suffix = [p for p in prompts if p.endswith(SHORT_ANSWER_SUFFIX)]
+    assert 0.3 < len(with_suffix) / len(prompts) < 0.7
+    assert all(p.removesuffix(SHORT_ANSWER_SUFFIX) == "<video>\n" + e["question"] for p, e in zip(prompts, full[2]))
+    with pytest.raises(UserError, match="unknown question type 'colour'"):
+        annotations(SynthConfig(count=2, types=("colour",)))
+    with pytest.raises(UserError, match="no temporal clip asks a question of type shape"):
+        synthesize(SynthConfig(count=3, kind="temporal", types=("shape",)), tmp_path / "none")

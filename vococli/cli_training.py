@@ -24,6 +24,8 @@ def synth(
     kind: str = typer.Option("mix", help="frame, temporal, needle or mix."),
     size: int = typer.Option(96, help="Frame side in pixels."),
     needle_seconds: str = typer.Option("60,600,3600", help="Needle clip lengths in seconds (cycled)."),
+    types: Optional[str] = typer.Option(None, help="Keep only these question types, comma-separated "
+                                        "(e.g. shape,count); clips left without a question are skipped."),
     as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
 ):
     """Write a synthetic video QA set: coloured shapes with exact answers (clips, LLaVA JSON, QA JSON)."""
@@ -35,10 +37,11 @@ def synth(
         raise UserError(f"--needle-seconds {needle_seconds!r}: expected comma-separated whole seconds") from None
     if not lengths or min(lengths) < 4:
         raise UserError("--needle-seconds: each length must be at least 4 seconds")
-    cfg = SynthConfig(seed=seed, count=count, kind=kind, size=size, needle_seconds=lengths)
+    kept = tuple(t.strip() for t in types.split(",") if t.strip()) if types else None
+    cfg = SynthConfig(seed=seed, count=count, kind=kind, size=size, needle_seconds=lengths, types=kept)
     with progress_bar("synth") as bar:
         task = bar.add_task("clips", total=count, rate="")
-        res = synthesize(cfg, out_dir, progress=lambda done, total: bar.update(task, completed=done))
+        res = synthesize(cfg, out_dir, progress=lambda done, total: bar.update(task, completed=done, total=total))
     if as_json:
         out.print_json(json.dumps(res))
     else:

@@ -27,7 +27,7 @@ from .cache_file import load_cache, video_identity
 from .compress import compress_video
 from .errors import UserError
 from .model import VocoModel
-from .qa_formats import QAItem, find_video, file_sha256
+from .qa_formats import SHORT_ANSWER_SUFFIX, QAItem, find_video, file_sha256
 from .video import Sampling
 from .video_cache import fit_to_context
 
@@ -35,8 +35,7 @@ RUN_FORMAT = "vococli-eval-run"
 RUN_VERSION = 1
 PREDICTIONS = "predictions.jsonl"
 RUN_FILE = "run.json"
-# the short-answer protocol of MSVD-QA, MSRVTT-QA and ActivityNet-QA evaluations
-DEFAULT_SUFFIX = " Answer the question using a single word or phrase."
+DEFAULT_SUFFIX = SHORT_ANSWER_SUFFIX
 # run.json fields that must match for a rerun to continue the same predictions file
 SAME_RUN_KEYS = ("dataset", "annotations", "model_fingerprint", "k", "sampling", "prompt", "generation")
 
@@ -88,7 +87,8 @@ def run_record(model: VocoModel, cfg: EvalConfig, annotations: list[Path], fmt: 
         "model_path": str(model.path), "model_fingerprint": model.fingerprint, "k": model.layout.k,
         "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
         "sampling": cfg.sampling.to_dict(),
-        "prompt": {"suffix": cfg.suffix, "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()},
+        "prompt": {"suffix": cfg.suffix, "chat_template": template,
+                   "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()},
         "generation": {"max_new_tokens": cfg.max_new_tokens, "temperature": 0.0, "decoding": "greedy"},
         "versions": versions(), "videos": str(cfg.videos), "cache_dir": str(cfg.caches),
     }

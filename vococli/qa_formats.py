@@ -27,6 +27,8 @@ ACTIVITYNET_TYPES = {0: "motion", 1: "spatial", 2: "temporal", 3: "yes/no", 4: "
 # MSVD-QA and MSRVTT-QA report accuracy by the question word
 WH_WORDS = ("what", "who", "how", "when", "where")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+# what MSVD-QA, MSRVTT-QA and ActivityNet-QA evaluations append to each question (short answers)
+SHORT_ANSWER_SUFFIX = " Answer the question using a single word or phrase."
 
 
 @dataclass(frozen=True)

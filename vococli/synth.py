@@ -2,7 +2,9 @@
 
 Output folder:
     videos/<id>.mp4      the clips, 1 frame per second (H.264)
-    train.json           LLaVA conversation format, one question per sample, "video": "videos/<id>.mp4"
+    train.json           LLaVA conversation format, one question per sample, "video": "videos/<id>.mp4";
+                         every other question ends with the short-answer instruction benchmark
+                         evaluations append, so a model trained on it answers with or without it
     test_qa.json         [{"video_id", "question", "answer", "id", "type"}] (video_id = file stem)
     scenes.json          what was drawn (kind, frames, facts), for checking answers
 Annotations depend only on the seed: the same seed writes the same JSON bytes.
@@ -18,7 +20,8 @@ from typing import Callable
 import numpy as np
 
 from .errors import UserError
-from .synth_scenes import KINDS, Scene, draw, frame_scene, needle_scene, temporal_scene
+from .qa_formats import SHORT_ANSWER_SUFFIX
+from .synth_scenes import KINDS, QUESTION_TYPES, Scene, draw, frame_scene, needle_scene, temporal_scene
 
 VIDEO_PROMPT = "<video>\n"
 
@@ -31,6 +34,7 @@ class SynthConfig:
     size: int = 96  # frame side in pixels
     needle_seconds: tuple[int, ...] = (60, 600, 3600)  # needle clip lengths, cycled
     mix_needle_seconds: int = 60  # needle length inside a mix (keeps mixes quick to write)
+    types: tuple[str, ...] | None = None  # keep only these question types (clips left without one are dropped)
 
 
 def make_scene(cfg: SynthConfig, index: int) -> Scene:
@@ -75,16 +79,25 @@ def clip_id(cfg: SynthConfig, index: int) -> str:
 
 
 def annotations(cfg: SynthConfig) -> tuple[list[Scene], list[dict], list[dict]]:
-    """Scenes, LLaVA training samples and QA entries, without writing any video."""
+    """Scenes (index, scene), LLaVA training samples and QA entries, without writing any video.
+
+    A question keeps its id when `types` filters others out."""
+    unknown = sorted(set(cfg.types or ()) - set(QUESTION_TYPES))
+    if unknown:
+        raise UserError(f"--types: unknown question type {unknown[0]!r}; choose from {', '.join(QUESTION_TYPES)}")
     scenes, train, qa = [], [], []
     for i in range(cfg.count):
         scene = make_scene(cfg, i)
         vid = clip_id(cfg, i)
-        scenes.append(scene)
-        for j, (qtype, q, a) in enumerate(scene.qa):
+        kept = [(j, t, q, a) for j, (t, q, a) in enumerate(scene.qa) if cfg.types is None or t in cfg.types]
+        if not kept:
+            continue
+        scenes.append((i, scene))
+        for j, qtype, q, a in kept:
             qid = f"{vid}_{j}"
+            prompt = q + (SHORT_ANSWER_SUFFIX if (i + j) % 2 else "")
             train.append({"id": qid, "video": f"videos/{vid}.mp4", "conversations": [
-                {"from": "human", "value": VIDEO_PROMPT + q}, {"from": "gpt", "value": a}]})
+                {"from": "human", "value": VIDEO_PROMPT + prompt}, {"from": "gpt", "value": a}]})
             qa.append({"video_id": vid, "question": q, "answer": a, "id": qid, "type": qtype})
     return scenes, train, qa
 
@@ -105,13 +118,15 @@ def synthesize(cfg: SynthConfig, out: Path, progress: Callable[[int, int], None]
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     scenes, train, qa = annotations(cfg)
-    for i, scene in enumerate(scenes):
+    if not scenes:
+        raise UserError(f"no {cfg.kind} clip asks a question of type {', '.join(cfg.types or ())}")
+    for n, (i, scene) in enumerate(scenes, 1):
         write_clip(scene, out / "videos" / f"{clip_id(cfg, i)}.mp4", cfg.size)
         if progress:
-            progress(i + 1, len(scenes))
+            progress(n, len(scenes))
     _dump(train, out / "train.json")
     _dump(qa, out / "test_qa.json")
-    _dump([scene_record(cfg, i, s) for i, s in enumerate(scenes)], out / "scenes.json")
+    _dump([scene_record(cfg, i, s) for i, s in scenes], out / "scenes.json")
     _dump(asdict(cfg), out / "synth_config.json")
     return {"clips": len(scenes), "questions": len(qa), "out": str(out)}
 
@@ -122,4 +137,4 @@ def vocabulary_text(count: int = 300) -> str:
     for kind in ("frame", "temporal", "needle"):
         _, _, qa = annotations(SynthConfig(seed=0, count=count, kind=kind, needle_seconds=(8,)))
         lines += [f"{e['question']} ASSISTANT: {e['answer']}" for e in qa]
-    return "\n".join(lines)
+    return "\n".join(lines + [SHORT_ANSWER_SUFFIX.strip()] * 20)

@@ -26,6 +26,8 @@ SHAPES = ("circle", "square", "triangle")
 REGIONS = {"left": (0.2, 0.5), "right": (0.8, 0.5), "top": (0.5, 0.2), "bottom": (0.5, 0.8)}
 NUMBERS = ["zero", "one", "two", "three", "four", "five"]
 KINDS = ("frame", "temporal", "needle")
+QUESTION_TYPES = ("color", "shape", "count", "position", "exists", "order", "direction", "final_color",
+                  "start_color", "repeat", "needle_shape", "needle_color")
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,8 @@ class TinyConfig:
     voco_tokens: int = 2
     vision_heads: int = 4
     corpus: str = "default"  # "default", or "synth": also learn whole-word merges for `vococli synth` text
+    attention_bias: bool = False  # biases on the LLaMA q/k/v/o and MLP projections
+    init_std: float = 0.02  # LLaMA weight init (LlamaConfig.initializer_range)
     seed: int = 0
 
 
@@ -77,6 +79,12 @@ PRESETS = {
     "synth-small": TinyConfig(image_size=96, patch_size=32, vision_hidden=256, vision_layers=1, hidden=128,
                               layers=4, heads=4, kv_heads=2, intermediate=384, vocab_size=448,
                               max_positions=32768, corpus="synth"),
+    # synth-v2: synth-small with biases in the LLaMA projections and a wider init (std ~ 1/sqrt(hidden)).
+    # Measured on the synthetic data: a 4-layer LLaMA learns to name the shape of the object of a
+    # given colour (a key/value lookup from the question to one image token) much sooner with both.
+    "synth-v2": TinyConfig(image_size=96, patch_size=32, vision_hidden=256, vision_layers=1, hidden=128,
+                           layers=4, heads=4, kv_heads=2, intermediate=384, vocab_size=448,
+                           max_positions=32768, corpus="synth", attention_bias=True, init_std=0.088),
 }
 
 
@@ -139,6 +147,9 @@ def tiny_llava_config(cfg: TinyConfig, tokenizer: PreTrainedTokenizerFast, attn:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        attention_bias=cfg.attention_bias,
+        mlp_bias=cfg.attention_bias,
+        initializer_range=cfg.init_std,
     )
     n_image = (cfg.image_size // cfg.patch_size) ** 2
     config = LlavaConfig(
