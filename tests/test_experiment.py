@@ -23,3 +23,14 @@ def test_report_retention_is_relative_to_upper_and_lower():
     row = next(l for l in report.splitlines() if l.startswith("| Avg. pool"))
     assert "| 0.0% |" in row
     assert "`vococli experiment table1`" in report and "12 min" in report
+
+
+def test_unknown_preset_is_refused_before_any_work(tmp_path):
+    import pytest
+
+    from vococli.errors import UserError
+    from vococli.experiment import table1
+
+    with pytest.raises(UserError, match="--preset 'huge'"):
+        table1(Table1Config(workdir=str(tmp_path / "w"), preset="huge"), "cmd", notice=lambda s: None)
+    assert not (tmp_path / "w").exists()

@@ -248,7 +248,7 @@ def main() -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
-        err.print("interrupted; completed cache chunks are kept and `compress` resumes from them")
+        err.print("interrupted; finished work (cache chunks, answers) is kept and the same command resumes it")
         sys.exit(130)
     except UserError as e:
         err.print(f"error: {e}", markup=False)
@@ -258,7 +258,7 @@ def main() -> None:
         err.print(f"error: {where}{e.strerror or e}", markup=False)
         sys.exit(1)
     except KeyboardInterrupt:
-        err.print("interrupted; completed cache chunks are kept and `compress` resumes from them")
+        err.print("interrupted; finished work (cache chunks, answers) is kept and the same command resumes it")
         sys.exit(130)
     except Exception as e:  # a bug: say so in one line; VOCOCLI_DEBUG=1 shows the traceback
         if os.environ.get("VOCOCLI_DEBUG"):

@@ -55,7 +55,7 @@ def train(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Checkpoint folder to write (and to --resume)."),
     media: Optional[Path] = typer.Option(None, help="Folder the media paths in --data are relative to "
                                          "(default: each JSON file's folder)."),
-    init: Optional[str] = typer.Option(None, help="Start from random weights of a preset: tiny or synth-small."),
+    init: Optional[str] = typer.Option(None, help="Start from random weights of a preset: tiny, synth-small or synth-v2."),
     from_checkpoint: Optional[str] = typer.Option(None, "--from", help="Start from this checkpoint folder "
                                                   "(a LLaVA checkpoint, or an earlier stage)."),
     mask: str = typer.Option("voco", help="voco: text sees only the VoCo tokens; causal: text sees the image "
@@ -125,6 +125,7 @@ def experiment_table1(
     train_needle: int = typer.Option(1500, help="Short needle training clips (16-64 s)."),
     needle_clips: str = typer.Option("60:30,600:10,3600:4", help="Needle eval sets as seconds:clips."),
     parallel: int = typer.Option(2, help="Variants trained at once (one CPU thread each)."),
+    preset: str = typer.Option("synth-small", help="Architecture of the base model (a `train --init` preset)."),
 ):
     """Train the upper bound, VoCo K=1/2/8 and avg-pool K=1 on one budget; score them and the lower bound.
 
@@ -140,7 +141,7 @@ def experiment_table1(
         raise UserError(f"--needle-clips {needle_clips!r}: expected seconds:clips,seconds:clips") from None
     cfg = Table1Config(workdir=str(workdir), base_steps=base_steps, stage_steps=stage_steps,
                        train_frame=train_frame, train_temporal=train_temporal, train_needle=train_needle,
-                       needle_eval=needles, parallel=parallel)
+                       needle_eval=needles, parallel=parallel, preset=preset)
     command = "vococli " + " ".join(sys.argv[1:])
     report = table1(cfg, command, notice=lambda s: err.print(s))
     out.print(report.read_text())

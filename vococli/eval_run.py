@@ -210,7 +210,9 @@ def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations
                 reserve = max(prompt_length(model, q.question + cfg.suffix) for q in questions) + cfg.max_new_tokens
                 video = fit_to_context(model, video, reserve, subsample=True, notice=notice)
                 base["frames"] = video.n_frames
-            except UserError as e:
+            except (UserError, OSError, RuntimeError, ValueError) as e:  # this video is unusable; go on
+                if not isinstance(e, UserError):
+                    e = f"{name}: {type(e).__name__}: {e}"
                 for q in questions:
                     log.write({"id": q.id, **base, "question": q.question, "answer": q.answer,
                                **({"type": q.type} if q.type else {}), "error": str(e)})

@@ -260,6 +260,10 @@ def _length(seconds: int) -> str:
 
 
 def table1(cfg: Table1Config, command: str, notice: Callable[[str], None] = print) -> Path:
+    from .tiny import PRESETS
+
+    if cfg.preset not in PRESETS:
+        raise UserError(f"--preset {cfg.preset!r}: choose one of {', '.join(PRESETS)}")
     root = Path(cfg.workdir)
     root.mkdir(parents=True, exist_ok=True)
     timing = root / "timing.json"  # when the first invocation started: reruns resume, the clock does not
