@@ -137,7 +137,8 @@ def score_command(
     table = Table(title=f"{run} ({judge})")
     for col in ["type", "accuracy", "correct", "judged", "errors"] + (["failed", "score"] if llm else []):
         table.add_column(col, justify="left" if col == "type" else "right")
-    for name, t in [("overall", d["overall"])] + list(d["by_type"].items()):
+    typed = list(d["by_type"].items()) if set(d["by_type"]) != {"all"} else []  # untyped sets: overall only
+    for name, t in [("overall", d["overall"])] + typed:
         acc = "-" if t["accuracy"] is None else f"{100 * t['accuracy']:.1f}%"
         row = [name, acc, str(t["correct"]), str(t["judged"]), str(t["errors"])]
         if llm:
