@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from .cli_common import DeviceOpt, DtypeOpt, ModelOpt, err, model_path, out, progress_bar, quiet_transformers
+from .cli_common import DeviceOpt, DtypeOpt, ModelOpt, Rate, err, model_path, out, progress_bar, quiet_transformers
 from .cli_eval import eval_command, score_command
 from .cli_training import experiment_table1, synth, tiny_model, train
 from .errors import UserError
@@ -50,20 +50,11 @@ def compress(
     sampling = Sampling(fps=fps, start=start, end=end, max_frames=max_frames)
     with progress_bar("compress") as bar:
         task = bar.add_task("frames", total=None, rate="")
-        clock = {}
-
-        def on_progress(done: int, total: int) -> None:
-            import time
-
-            now = time.perf_counter()
-            clock.setdefault("t0", now)
-            clock.setdefault("d0", done)
-            dt = now - clock["t0"]
-            rate = f"{(done - clock['d0']) / dt:.1f} frames/s" if dt > 0 else ""
-            bar.update(task, total=total, completed=done, rate=rate)
-
+        rate = Rate(" frames/s", digits=1)
         res = compress_video(m, video, output, sampling, batch_size=batch_size, chunk_frames=chunk_frames,
-                             overwrite=overwrite, progress=on_progress, notice=lambda s: err.print(s))
+                             overwrite=overwrite, notice=lambda s: err.print(s),
+                             progress=lambda done, total: bar.update(task, total=total, completed=done,
+                                                                     rate=rate(done)))
     if as_json:
         out.print_json(json.dumps(res.to_dict()))
     else:

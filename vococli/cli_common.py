@@ -35,6 +35,22 @@ def quiet_transformers() -> None:
     transformers.logging.disable_progress_bar()
 
 
+class Rate:
+    """Items per second since the first call, as progress-bar text ("" until it can be measured)."""
+
+    def __init__(self, unit: str = "/s", digits: int = 2):
+        self.unit, self.digits, self.start = unit, digits, None
+
+    def __call__(self, done: int) -> str:
+        import time
+
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = (now, done)
+        t0, d0 = self.start
+        return f"{(done - d0) / (now - t0):.{self.digits}f}{self.unit}" if now > t0 and done > d0 else ""
+
+
 def progress_bar(label: str) -> Progress:
     return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err, transient=False,

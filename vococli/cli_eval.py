@@ -6,7 +6,6 @@ Each is a thin layer over eval_run / eval_score; cli.py registers them on the `v
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -14,7 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .cli_common import DeviceOpt, DtypeOpt, ModelOpt, err, model_path, out, quiet_transformers
+from .cli_common import DeviceOpt, DtypeOpt, ModelOpt, Rate, err, model_path, out, quiet_transformers
 from .errors import UserError
 
 
@@ -77,17 +76,11 @@ def eval_command(
     with progress:
         vt = progress.add_task("videos", total=None, rate="")
         qt = progress.add_task("questions", total=len(items), rate="")
-        start = {}
-
-        def rate(task, done: int) -> str:
-            now = time.perf_counter()
-            t0, d0 = start.setdefault(task, (now, done))
-            return f"{(done - d0) / (now - t0):.2f}/s" if now > t0 and done > d0 else ""
-
+        v_rate, q_rate = Rate(), Rate()
         summary = run_eval(
             m, items, cfg, annotations, detected,
-            on_video=lambda d, n: progress.update(vt, completed=d, total=n, rate=rate(vt, d)),
-            on_item=lambda d, n: progress.update(qt, completed=d, total=n, rate=rate(qt, d)),
+            on_video=lambda d, n: progress.update(vt, completed=d, total=n, rate=v_rate(d)),
+            on_item=lambda d, n: progress.update(qt, completed=d, total=n, rate=q_rate(d)),
             notice=lambda s: err.print(s))
     if as_json:
         out.print_json(json.dumps({"out": str(out_dir), **summary.__dict__}))

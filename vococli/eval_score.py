@@ -50,6 +50,10 @@ class RunScores:
     by_type: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
     judge_models: dict[str, int] = field(default_factory=dict)  # reported model name -> judgements
 
+    def tallies(self, row: dict) -> tuple[Tally, Tally]:
+        """The overall tally and the tally of the row's question type."""
+        return self.overall, self.by_type[row.get("type") or "all"]
+
     def to_dict(self) -> dict:
         llm = self.judge == "llm"
         d = {"judge": self.judge, "overall": self.overall.to_dict(llm),
@@ -85,7 +89,7 @@ def score_run(run: Path, judge: str, judge_cfg: JudgeConfig | None = None,
         finally:
             llm.close()
         for row, j in zip(scored, verdicts):
-            for t in (res.overall, res.by_type[row.get("type") or "all"]):
+            for t in res.tallies(row):
                 if j.verdict is None:
                     t.failed += 1
                 else:
@@ -98,12 +102,12 @@ def score_run(run: Path, judge: str, judge_cfg: JudgeConfig | None = None,
         match = exact_match if judge == "exact" else contains_match
         for row in scored:
             ok = match(str(row["answer"]), str(row["pred"]))
-            for t in (res.overall, res.by_type[row.get("type") or "all"]):
+            for t in res.tallies(row):
                 t.correct += ok
                 t.wrong += not ok
     for row in rows:
         if "pred" not in row:
-            for t in (res.overall, res.by_type[row.get("type") or "all"]):
+            for t in res.tallies(row):
                 t.errors += 1
     write_scores(run, res)
     return res
