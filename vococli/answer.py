@@ -111,22 +111,33 @@ class Session:
     def __init__(self, model: VocoModel, video: VideoCache, system: str | None = None):
         self.model, self.video = model, video
         self.cache = video.past_key_values(model)
-        self.base_len = self.cache.get_seq_length()
         self.first_pos = text_start(model.layout, video.n_frames)
         self.system = system
+        self.used = 0  # tokens in the key/value state after the video
         self.reset()
 
     def reset(self) -> None:
         """Forget earlier turns (keep only the video)."""
-        extra = self.cache.get_seq_length() - self.base_len
-        if extra > 0:
-            self.cache.crop(-extra)
+        if self.used > 0:
+            self.cache.crop(-self.used)
+            self.used = 0
         self.messages: list[dict] = [{"role": "system", "content": self.system}] if self.system else []
         self.pending: list[int] = []  # generated tokens not yet fed back into the state
 
     @property
     def next_pos(self) -> int:
-        return self.first_pos + self.cache.get_seq_length() - self.base_len
+        return self.first_pos + self.used
+
+    def _prefill(self, ids: list[int], room: int) -> torch.Tensor:
+        """Feed the prompt; `room` more tokens will follow it. Returns the next-token logits (1, V)."""
+        logits = prefill(self.model, torch.tensor([ids]), self.cache, self.next_pos)
+        self.used += len(ids)
+        return logits
+
+    def _decode(self, token: int) -> torch.Tensor:
+        logits = decode_step(self.model, token, self.cache, self.next_pos)
+        self.used += 1
+        return logits
 
     def _render(self, messages: list[dict], generation_prompt: bool) -> str:
         return render_prompt(self.model, messages, generation_prompt)
@@ -146,13 +157,12 @@ class Session:
         tok = self.model.tokenizer
         t0 = time.perf_counter()
         ids = self._prompt_ids(question)
-        used = self.cache.get_seq_length() - self.base_len
-        need = positions_needed(self.model, self.video.n_frames, used + len(ids) + gen.max_new_tokens)
+        need = positions_needed(self.model, self.video.n_frames, self.used + len(ids) + gen.max_new_tokens)
         if need > self.model.max_positions:
             raise UserError(f"this turn needs {need} positions, the model has {self.model.max_positions}: "
                             "lower --max-new-tokens, start a new conversation, or use fewer frames")
         rng = torch.Generator().manual_seed(gen.seed) if gen.temperature > 0 else None
-        logits = prefill(self.model, torch.tensor([ids]), self.cache, self.next_pos)
+        logits = self._prefill(ids, gen.max_new_tokens)
         out: list[int] = []
         shown, ttft = "", None
         eos = tok.eos_token_id
@@ -167,7 +177,7 @@ class Session:
                 if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
                     on_text(text[len(shown):])
                     shown = text
-            logits = decode_step(self.model, token, self.cache, self.next_pos)
+            logits = self._decode(token)
         text = tok.decode(out, skip_special_tokens=True)
         if on_text is not None and len(text) > len(shown):
             on_text(text[len(shown):])

@@ -38,21 +38,27 @@ class VideoCache:
         return replace(self, keys=self.keys[:, idx], values=self.values[:, idx],
                        timestamps=self.timestamps[idx.numpy()])
 
-    def past_key_values(self, model: VocoModel) -> DynamicCache:
-        """Rotate to temporal positions, concatenate, and wrap as a transformers cache (batch 1)."""
+    def layer_states(self, model: VocoModel):
+        """Per layer, keys rotated to their temporal positions and values, as (1, Hkv, T*K, D) on the
+        model's device in its dtype. One layer is rotated at a time, so the float32 work space is
+        one layer's, not the whole cache's."""
         k = model.layout.k
         if self.keys.shape[3] != k:
             raise UserError(f"the cache holds {self.keys.shape[3]} VoCo tokens per frame, the model uses {k}")
         dev, dt = model.device, model.dtype
-        keys = self.keys.to(dev)
         shift = torch.arange(self.n_frames, device=dev) * k
-        keys = rotate_keys(keys, shift, model.language_model.rotary_emb)
-        cache = DynamicCache(config=model.text_config)
-        n_layers, t, h, _, d = keys.shape
+        n_layers, t, h, _, d = self.keys.shape
         for i in range(n_layers):
+            ki = rotate_keys(self.keys[i].to(dev, non_blocking=True), shift, model.language_model.rotary_emb)
             # (T, Hkv, K, D) -> (1, Hkv, T*K, D): frame-major along the sequence axis
-            ki = keys[i].to(dt).permute(1, 0, 2, 3).reshape(1, h, t * k, d)
-            vi = self.values[i].to(dev, dt).permute(1, 0, 2, 3).reshape(1, h, t * k, d)
+            ki = ki.to(dt).permute(1, 0, 2, 3).reshape(1, h, t * k, d)
+            vi = self.values[i].to(dev, dt, non_blocking=True).permute(1, 0, 2, 3).reshape(1, h, t * k, d)
+            yield ki, vi
+
+    def past_key_values(self, model: VocoModel) -> DynamicCache:
+        """Rotate to temporal positions, concatenate, and wrap as a transformers cache (batch 1)."""
+        cache = DynamicCache(config=model.text_config)
+        for i, (ki, vi) in enumerate(self.layer_states(model)):
             cache.update(ki, vi, i)
         return cache
 

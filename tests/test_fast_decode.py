@@ -1,0 +1,48 @@
+"""The pre-allocated (static) answering path gives the same answers and logits as the plain one."""
+
+import pytest
+import torch
+
+from test_answer import random_video
+from vococli.answer import GenerationConfig, Session
+from vococli.errors import UserError
+from vococli.fast_decode import StaticSession, open_session, static_mask
+
+
+def test_static_mask_opens_filled_slots_and_earlier_new_tokens():
+    m = static_mask(used=3, new=2, width=7, dtype=torch.float32, device="cpu")
+    open_ = (m[0, 0] == 0).int().tolist()
+    assert open_ == [[1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0]]
+
+
+@pytest.mark.parametrize("room", [512, 3])
+def test_static_session_answers_like_plain_session(tiny_model, room):
+    """Same tokens over two turns and a reset, also when the buffer has to grow mid-answer (room=3)."""
+    video = random_video(tiny_model, 5, seed=3)
+    gen = GenerationConfig(max_new_tokens=12)
+    plain, static = Session(tiny_model, video), StaticSession(tiny_model, video, room=room)
+    for q in ["what is here?", "and after that?"]:
+        a, b = plain.ask(q, gen), static.ask(q, gen)
+        assert a.token_ids == b.token_ids and a.prompt_tokens == b.prompt_tokens
+    assert static.used == plain.used
+    plain.reset(), static.reset()
+    assert plain.ask("what is here?", gen).token_ids == static.ask("what is here?", gen).token_ids
+
+
+def test_static_logits_match_plain_logits(tiny_model):
+    video = random_video(tiny_model, 4, seed=5)
+    plain, static = Session(tiny_model, video), StaticSession(tiny_model, video)
+    ids = plain._prompt_ids("is there a cat?")
+    torch.testing.assert_close(static._prefill(ids, 4), plain._prefill(ids, 4), atol=1e-5, rtol=1e-5)
+    for tok in [7, 9, 11]:
+        torch.testing.assert_close(static._decode(tok), plain._decode(tok), atol=1e-5, rtol=1e-5)
+
+
+def test_open_session_modes(tiny_model):
+    video = random_video(tiny_model, 2)
+    assert type(open_session(tiny_model, video, "auto")) is Session  # CPU: the plain path
+    assert type(open_session(tiny_model, video, "static")) is StaticSession
+    with pytest.raises(UserError, match="--decode"):
+        open_session(tiny_model, video, "fastest")
+    with pytest.raises(UserError, match="CUDA"):
+        open_session(tiny_model, video, "graph")

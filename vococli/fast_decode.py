@@ -1,0 +1,160 @@
+"""Answering over a pre-allocated key/value cache, with the decode step captured as a CUDA graph.
+
+`StaticSession` behaves like `answer.Session` (same prompts, same answers) but holds the video's
+keys/values and the room for the prompt and answer in one transformers `StaticCache` allocated
+up front; the attention mask always spans the whole buffer, so every decode step has the same
+shapes. On CUDA that step is captured once as a CUDA graph and replayed per token, which removes
+the Python and kernel-launch overhead that bounds decoding of a batch of one.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import StaticCache
+
+from .answer import Session
+from .errors import UserError
+from .layout import additive_mask, text_start
+from .model import VocoModel
+from .video_cache import VideoCache
+
+DECODE_MODES = ("auto", "dynamic", "static", "graph")
+MIN_ROOM = 512  # tokens of prompt and answer the buffer holds beyond the video at first
+
+
+def static_mask(used: int, new: int, width: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """(1, 1, new, width) mask for `new` tokens written after `used` filled slots of a buffer of `width`."""
+    rows = torch.arange(new, device=device)[:, None]
+    cols = torch.arange(width, device=device)[None, :]
+    return additive_mask(cols <= used + rows, dtype)
+
+
+class StaticSession(Session):
+    """A conversation over one video cache held in a pre-allocated buffer.
+
+    `graph=True` (CUDA only) replays the decode step as a captured CUDA graph.
+    """
+
+    def __init__(self, model: VocoModel, video: VideoCache, system: str | None = None, graph: bool = False,
+                 room: int = MIN_ROOM):
+        if graph and model.device.type != "cuda":
+            raise UserError("graph decoding needs a CUDA device")
+        self.model, self.video, self.system = model, video, system
+        self.graph = graph
+        self.base = video.n_frames * model.layout.k
+        self.first_pos = text_start(model.layout, video.n_frames)
+        self.used = 0
+        self._allocate(room)
+        self.reset()
+
+    # the buffer
+
+    def _allocate(self, room: int) -> None:
+        """(Re)build the buffer with `room` free slots after the video and the tokens used so far."""
+        old, old_used = getattr(self, "cache", None), self.used
+        self.width = self.base + max(room, old_used + 1)
+        self.cache = StaticCache(config=self.model.text_config, max_cache_len=self.width)
+        if old is None:
+            for i, (ki, vi) in enumerate(self.video.layer_states(self.model)):
+                self.cache.update(ki, vi, i)
+        else:  # keep the video and the turns so far
+            filled = self.base + old_used
+            for i, layer in enumerate(old.layers):
+                self.cache.update(layer.keys[:, :, :filled], layer.values[:, :, :filled], i)
+            del old
+        self.decoder = GraphDecoder(self.model, self.cache, self.width) if self.graph else None
+
+    def _ensure_room(self, tokens: int) -> None:
+        free = self.width - self.base - self.used
+        if tokens > free:
+            self._allocate(max(2 * (self.width - self.base), self.used + tokens))
+
+    # the two forwards
+
+    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+        n = ids.shape[1]
+        dev = self.model.device
+        positions = torch.arange(self.next_pos, self.next_pos + n, device=dev).view(1, n)
+        mask = static_mask(self.base + self.used, n, self.width, self.model.dtype, dev)
+        with torch.inference_mode():
+            out = self.model.lm(input_ids=ids.to(dev), position_ids=positions, attention_mask=mask,
+                                past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        self.used += n
+        return out.logits[:, -1].float()
+
+    def _prefill(self, ids: list[int], room: int) -> torch.Tensor:
+        self._ensure_room(len(ids) + room)
+        return self._forward(torch.tensor([ids]))
+
+    def _decode(self, token: int) -> torch.Tensor:
+        self._ensure_room(1)
+        if self.decoder is None:
+            return self._forward(torch.tensor([[token]]))
+        logits = self.decoder.step(token, self.base + self.used, self.next_pos)
+        self.used += 1
+        return logits
+
+
+class GraphDecoder:
+    """One decode step (a token at a position, after `filled` slots) captured as a CUDA graph.
+
+    The graph reads the token, its position and the mask from static tensors and writes its
+    logits into a static tensor; the cache's own write position advances inside the graph.
+    """
+
+    def __init__(self, model: VocoModel, cache: StaticCache, width: int):
+        self.model, self.cache = model, cache
+        dev = model.device
+        self.ids = torch.zeros((1, 1), dtype=torch.long, device=dev)
+        self.pos = torch.zeros((1, 1), dtype=torch.long, device=dev)
+        self.mask = torch.full((1, 1, 1, width), torch.finfo(model.dtype).min, dtype=model.dtype, device=dev)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.filled = -1  # slots the mask currently opens (0..filled-1)
+
+    def _run(self) -> torch.Tensor:
+        out = self.model.lm(input_ids=self.ids, position_ids=self.pos, attention_mask=self.mask,
+                            past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1].float()
+
+    def _set(self, token: int, filled: int, pos: int) -> None:
+        self.ids.fill_(token)
+        self.pos.fill_(pos)
+        if filled != self.filled:
+            self.mask[..., : filled + 1] = 0
+            self.mask[..., filled + 1:] = torch.finfo(self.model.dtype).min
+            self.filled = filled
+
+    @torch.inference_mode()
+    def _capture(self) -> None:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up runs write one slot each: take it back
+                self._run()
+                self.cache.crop(-1)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._run()  # recorded, not run: the cache does not advance
+
+    @torch.inference_mode()
+    def step(self, token: int, filled: int, pos: int) -> torch.Tensor:
+        """Logits (1, V) after `token` at position `pos` written into slot `filled`."""
+        self._set(token, filled, pos)
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        self.filled += 1  # the mask now has to open this slot for the next token too
+        self.mask[..., self.filled] = 0
+        return self.logits
+
+
+def open_session(model: VocoModel, video: VideoCache, decode: str = "auto", system: str | None = None) -> Session:
+    """The session for `--decode`: auto = graph on CUDA, dynamic elsewhere."""
+    if decode not in DECODE_MODES:
+        raise UserError(f"--decode {decode!r}: choose one of {', '.join(DECODE_MODES)}")
+    if decode == "auto":
+        decode = "graph" if model.device.type == "cuda" else "dynamic"
+    if decode == "dynamic":
+        return Session(model, video, system)
+    return StaticSession(model, video, system, graph=decode == "graph")
