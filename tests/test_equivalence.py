@@ -100,3 +100,16 @@ def test_rotated_keys_equal_keys_computed_at_offset(model):
     rotated = rotate_keys(got[0], torch.tensor([37]), model.language_model.rotary_emb)
     torch.testing.assert_close(rotated, got[37], atol=1e-5, rtol=1e-5)
     assert (got[0] - got[37]).abs().max() > 1e-3  # the shift really moves the keys
+
+
+def test_compression_fast_path_equals_full_prefill(model):
+    """Keys/values read off the projections (no cache, last layer cut short) equal the kept slice
+    of a full prefill with a key/value cache."""
+    from vococli.stage1 import compress_embeddings, prefill_frames
+
+    embeds = frame_embeddings(model, image_features(model, pixels_for(model, 3, seed=4)))
+    keys, values = compress_embeddings(model, embeds)
+    with torch.inference_mode():
+        ref_k, ref_v = prefill_frames(model, embeds, torch.zeros(3, dtype=torch.long))
+    torch.testing.assert_close(keys, torch.stack(ref_k), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(values, torch.stack(ref_v), atol=1e-5, rtol=1e-5)

@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from .cli_common import DeviceOpt, DtypeOpt, ModelOpt, Rate, err, model_path, out, progress_bar, quiet_transformers
+from .cli_common import DecodeOpt, DeviceOpt, DtypeOpt, ModelOpt, Rate, err, model_path, out, progress_bar, quiet_transformers
 from .cli_eval import eval_command, score_command
 from .cli_training import experiment_table1, synth, tiny_model, train
 from .errors import UserError
@@ -31,7 +31,8 @@ def compress(
     start: float = typer.Option(0.0, help="Start time in seconds."),
     end: Optional[float] = typer.Option(None, help="End time in seconds (default: end of video)."),
     voco_tokens: Optional[int] = typer.Option(None, help="VoCo tokens per frame (default: the checkpoint's)."),
-    batch_size: int = typer.Option(8, help="Frames per forward pass."),
+    batch_size: Optional[int] = typer.Option(
+        None, help="Frames per forward pass (default: chosen from free GPU memory; 8 on CPU)."),
     chunk_frames: int = typer.Option(128, help="Frames per cache chunk (the unit of resuming)."),
     overwrite: bool = typer.Option(False, help="Replace an existing cache instead of resuming it."),
     device: str = DeviceOpt,
@@ -100,14 +101,16 @@ def ask(
     stream: bool = typer.Option(False, help="Print answer tokens as they are generated."),
     load_4bit: bool = typer.Option(False, "--load-4bit", help="Load the language model in 4-bit nf4 (bitsandbytes)."),
     subsample: bool = typer.Option(False, help="Use evenly spaced frames when the cache exceeds the context."),
+    decode: str = DecodeOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     as_json: bool = typer.Option(False, "--json", help="Print answers and timings as JSON."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print time to first token and tokens/s."),
 ):
     """Answer questions about a compressed video."""
-    from .answer import Session
+    from .fast_decode import check_decode, open_session
 
+    check_decode(decode)
     qs = ([question] if question else []) + list(questions)
     if not qs:
         raise UserError("give a question (ask CACHE \"question\" or -q \"question\")")
@@ -116,7 +119,7 @@ def ask(
 
     m, video = _load_for_answering(cache, model, device, dtype, load_4bit, subsample,
                                    lambda m: max(prompt_length(m, q) for q in qs) + max_new_tokens)
-    session = Session(m, video)
+    session = open_session(m, video, decode)
     results = []
     for q in qs:
         session.reset()
@@ -148,6 +151,7 @@ def chat(
     seed: int = typer.Option(0, help="Seed for sampling."),
     load_4bit: bool = typer.Option(False, "--load-4bit", help="Load the language model in 4-bit nf4 (bitsandbytes)."),
     subsample: bool = typer.Option(False, help="Use evenly spaced frames when the cache exceeds the context."),
+    decode: str = DecodeOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ):
@@ -155,13 +159,14 @@ def chat(
 
     Type a question and press Enter; `/reset` forgets earlier turns; `/quit` or Ctrl-D ends.
     """
-    from .answer import Session
+    from .fast_decode import check_decode, open_session
 
+    check_decode(decode)
     gen = _gen_config(max_new_tokens, temperature, top_p, seed)
     # room for a few turns; a conversation that outgrows it is told to /reset
     m, video = _load_for_answering(cache, model, device, dtype, load_4bit, subsample,
                                    lambda m: 512 + max_new_tokens)
-    session = Session(m, video)
+    session = open_session(m, video, decode)
     err.print(f"[dim]{video.n_frames} frames loaded. /reset forgets earlier turns, /quit ends.[/dim]")
     while True:
         try:

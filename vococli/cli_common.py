@@ -12,6 +12,8 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint folder (or hub id when online).")
 DeviceOpt = typer.Option("auto", help="cpu, cuda, cuda:1 ... (auto: GPU when present).")
 DtypeOpt = typer.Option("auto", help="float32, bfloat16 or float16 (auto: bf16 on GPU, fp32 on CPU).")
+DecodeOpt = typer.Option("auto", help="Answering path: dynamic (growing cache), static (pre-allocated cache), "
+                         "graph (static + CUDA-graph decode step); auto: graph on GPU, dynamic on CPU.")
 
 
 def model_path(model: str | None) -> str:

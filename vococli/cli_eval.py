@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .cli_common import DeviceOpt, DtypeOpt, ModelOpt, Rate, err, model_path, out, quiet_transformers
+from .cli_common import DecodeOpt, DeviceOpt, DtypeOpt, ModelOpt, Rate, err, model_path, out, quiet_transformers
 from .errors import UserError
 
 
@@ -39,8 +39,10 @@ def eval_command(
     suffix: Optional[str] = typer.Option(None, help="Text appended to every question (default: ' Answer the "
                                          "question using a single word or phrase.'; '' for none)."),
     max_new_tokens: int = typer.Option(32, help="Longest answer in tokens (greedy decoding)."),
-    batch_size: int = typer.Option(8, help="Frames per forward pass while compressing."),
+    batch_size: Optional[int] = typer.Option(
+        None, help="Frames per forward pass while compressing (default: from free GPU memory; 8 on CPU)."),
     retry_errors: bool = typer.Option(False, help="Ask again the questions whose video failed in an earlier run."),
+    decode: str = DecodeOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
@@ -54,6 +56,9 @@ def eval_command(
     from .qa_formats import read_questions
     from .video import Sampling
 
+    from .fast_decode import check_decode
+
+    check_decode(decode)
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
     if max_new_tokens < 1:
@@ -69,7 +74,7 @@ def eval_command(
     cfg = EvalConfig(dataset=dataset, videos=videos, out=out_dir, cache_dir=cache_dir,
                      sampling=Sampling(fps=fps, max_frames=max_frames),
                      suffix=DEFAULT_SUFFIX if suffix is None else suffix, max_new_tokens=max_new_tokens,
-                     batch_size=batch_size, retry_errors=retry_errors)
+                     batch_size=batch_size, decode=decode, retry_errors=retry_errors)
     progress = Progress(TextColumn("[bold]{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err,
                         disable=not err.is_terminal)

@@ -1,7 +1,7 @@
 """Video file -> .voco cache: read frames in batches, preprocess, stage 1, write chunks.
 
-Only one batch of pixels is in memory at a time; compressed frames are buffered until a chunk
-is full. An interrupted run resumes after its last complete chunk; a finished one is not redone.
+Frames are decoded in a background thread a few batches ahead of the model (frame_feed.py);
+compressed frames are buffered until a chunk is full. An interrupted run resumes after its last complete chunk; a finished one is not redone.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 
 from .cache_file import CacheWriter, video_identity
 from .errors import UserError
+from .frame_feed import Backoff, Prefetcher, auto_batch_size, frames_tensor
 from .model import VocoModel
 from .preprocess import to_pixels
 from .stage1 import compress_pixels
@@ -48,16 +49,20 @@ def default_output(video: Path) -> Path:
 
 
 def compress_video(model: VocoModel, video: str | Path, out: str | Path | None = None,
-                   sampling: Sampling = Sampling(), batch_size: int = 8, chunk_frames: int = 128,
+                   sampling: Sampling = Sampling(), batch_size: int | None = None, chunk_frames: int = 128,
                    overwrite: bool = False,
                    progress: Callable[[int, int], None] | None = None,
                    notice: Callable[[str], None] = print) -> CompressResult:
     """Compress `video` into a .voco cache folder with `model` (which must include the vision tower).
 
     `progress(done, total)` is called after every batch with counts of planned frames.
+    `batch_size` None picks one from the free GPU memory (8 on CPU); a batch that runs out of
+    GPU memory is redone in halves.
     """
     if model.llava is None:
         raise UserError("compress needs the full model with its vision tower")
+    if batch_size is None:
+        batch_size = auto_batch_size(model)
     if batch_size < 1 or chunk_frames < 1:
         raise UserError("--batch-size and --chunk-frames must be at least 1")
     t_start = time.perf_counter()
@@ -86,21 +91,29 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
     buffered, computed, seen = 0, 0, start
     if progress:
         progress(start, total)
-    for batch in reader.read(plan[start:], batch_size):
-        pixels = to_pixels(batch.frames, model.image, model.device, model.dtype)
-        k, v = compress_pixels(model, pixels)  # (L, B, Hkv, K, D)
-        keys.append(k.cpu())
-        values.append(v.cpu())
-        stamps += batch.timestamps
-        buffered += k.shape[1]
-        computed += k.shape[1]
-        seen = start + batch.indices[-1] + 1
-        if buffered >= chunk_frames:
-            writer.write(torch.cat(keys, 1), torch.cat(values, 1), stamps, seen,
-                         lost_before + (seen - start) - computed, final=False)
-            keys, values, stamps, buffered = [], [], [], 0
-        if progress:
-            progress(seen, total)
+    pin = model.device.type == "cuda"
+    backoff = Backoff(batch_size, notice)
+
+    def stage1(frames: torch.Tensor):
+        return compress_pixels(model, to_pixels(frames, model.image, model.device, model.dtype))
+
+    batches = Prefetcher(reader.read(plan[start:], batch_size),
+                         lambda b: (b, frames_tensor(b.frames, pin)))
+    with batches:
+        for batch, frames in batches:
+            for k, v in backoff(stage1, frames):  # (L, B, Hkv, K, D) each
+                keys.append(k.cpu())
+                values.append(v.cpu())
+                buffered += k.shape[1]
+                computed += k.shape[1]
+            stamps += batch.timestamps
+            seen = start + batch.indices[-1] + 1
+            if buffered >= chunk_frames:
+                writer.write(torch.cat(keys, 1), torch.cat(values, 1), stamps, seen,
+                             lost_before + (seen - start) - computed, final=False)
+                keys, values, stamps, buffered = [], [], [], 0
+            if progress:
+                progress(seen, total)
     lost = lost_before + (total - start) - computed
     if writer.frames_done + buffered == 0:
         raise UserError(f"{video}: no frame could be decoded")

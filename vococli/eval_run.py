@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .answer import GenerationConfig, Session, prompt_length
+from .answer import GenerationConfig, prompt_length
 from .cache_file import load_cache, video_identity
 from .compress import compress_video
 from .errors import UserError
+from .fast_decode import open_session
 from .model import VocoModel
 from .qa_formats import SHORT_ANSWER_SUFFIX, QAItem, find_video, file_sha256
 from .video import Sampling
@@ -49,7 +50,8 @@ class EvalConfig:
     sampling: Sampling = Sampling()
     suffix: str = DEFAULT_SUFFIX
     max_new_tokens: int = 32
-    batch_size: int = 8  # frames per forward pass while compressing
+    batch_size: int | None = None  # frames per forward pass while compressing (None: automatic)
+    decode: str = "auto"  # answering path (fast_decode.DECODE_MODES)
     retry_errors: bool = False  # ask again the questions whose video failed before
 
     @property
@@ -220,7 +222,7 @@ def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations
                     if on_item:
                         on_item(n_done0 + summary.answered + summary.errors, len(items))
                 continue
-            session = Session(model, video)
+            session = open_session(model, video, cfg.decode)
             for q in questions:
                 session.reset()
                 ans = session.ask(q.question + cfg.suffix, gen)

@@ -149,10 +149,15 @@ class GraphDecoder:
         return self.logits
 
 
-def open_session(model: VocoModel, video: VideoCache, decode: str = "auto", system: str | None = None) -> Session:
-    """The session for `--decode`: auto = graph on CUDA, dynamic elsewhere."""
+def check_decode(decode: str) -> str:
     if decode not in DECODE_MODES:
         raise UserError(f"--decode {decode!r}: choose one of {', '.join(DECODE_MODES)}")
+    return decode
+
+
+def open_session(model: VocoModel, video: VideoCache, decode: str = "auto", system: str | None = None) -> Session:
+    """The session for `--decode`: auto = graph on CUDA, dynamic elsewhere."""
+    check_decode(decode)
     if decode == "auto":
         decode = "graph" if model.device.type == "cuda" else "dynamic"
     if decode == "dynamic":

@@ -2,13 +2,16 @@
 
 Each frame runs as `[BOS, image tokens, separator, <voco> x K]` with plain causal attention at the
 canonical positions 0..frame_len-1; only the K VoCo positions' keys and values of every layer are
-kept. Frames are independent, so a batch of frames is one batched forward.
+kept. Frames are independent, so a batch of frames is one batched forward. `prefill_frames` is
+the general (and differentiable) form used in training; `compress_embeddings` computes only
+what compression keeps.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
+from transformers.models.llama.modeling_llama import rotate_half
 
 from .layout import additive_mask, frame_allowed, text_visible
 from .model import VocoModel
@@ -54,12 +57,75 @@ def prefill_frames(model: VocoModel, embeds: torch.Tensor, shift: torch.Tensor,
     return [layer.keys[:, :, keep] for layer in cache.layers], [layer.values[:, :, keep] for layer in cache.layers]
 
 
+class _LastLayerReached(Exception):
+    """Raised by a hook to end the forward before the last decoder layer runs."""
+
+
+def _supports_projection_capture(model: VocoModel) -> bool:
+    """The fast path reads keys/values off the k/v projections: true for LLaMA attention."""
+    attn = model.language_model.layers[0].self_attn
+    return type(attn).__name__ == "LlamaAttention" and all(hasattr(attn, a) for a in ("k_proj", "v_proj", "head_dim"))
+
+
 @torch.inference_mode()
 def compress_embeddings(model: VocoModel, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal prefill of stage-1 embeddings at the canonical offset; returns VoCo keys, values
-    (L, B, Hkv, K, D)."""
-    keys, values = prefill_frames(model, embeds, torch.zeros(embeds.shape[0], dtype=torch.long))
-    return torch.stack(keys), torch.stack(values)
+    (L, B, Hkv, K, D).
+
+    Only what is kept is computed and stored: no key/value cache is built (each layer's k/v
+    projections are read for the K VoCo tokens alone and RoPE is applied to those keys), the
+    last layer runs only its norm and k/v projections on the VoCo tokens (its attention and MLP
+    feed nothing that is kept), and neither the final norm nor the LM head runs. A test checks
+    this equals `prefill_frames`.
+    """
+    if not _supports_projection_capture(model):
+        keys, values = prefill_frames(model, embeds, torch.zeros(embeds.shape[0], dtype=torch.long))
+        return torch.stack(keys), torch.stack(values)
+    lay = model.layout
+    lm = model.language_model
+    n, fl, _ = embeds.shape
+    dev = embeds.device
+    keep = slice(lay.c0, fl)  # the K VoCo slots
+    positions = torch.arange(fl, device=dev)[None, :].expand(n, fl)
+    mask = additive_mask(frame_allowed(lay, "voco"), embeds.dtype).to(dev).expand(n, 1, fl, fl)
+    layers = lm.layers[: model.text_config.num_hidden_layers]
+    raw_k: list[torch.Tensor] = []
+    raw_v: list[torch.Tensor] = []
+    seen: dict = {}
+
+    def grab(store):
+        return lambda module, args, output: store.append(output[:, keep])
+
+    def stop(module, args, kwargs):
+        seen["hidden"] = args[0] if args else kwargs["hidden_states"]
+        raise _LastLayerReached
+
+    hooks = []
+    for layer in layers[:-1]:
+        hooks.append(layer.self_attn.k_proj.register_forward_hook(grab(raw_k)))
+        hooks.append(layer.self_attn.v_proj.register_forward_hook(grab(raw_v)))
+    hooks.append(layers[-1].register_forward_pre_hook(stop, with_kwargs=True))
+    try:
+        lm(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=False)
+    except _LastLayerReached:
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    last = layers[-1]
+    x = last.input_layernorm(seen["hidden"][:, keep])
+    raw_k.append(last.self_attn.k_proj(x))
+    raw_v.append(last.self_attn.v_proj(x))
+    head_dim = last.self_attn.head_dim
+    cos, sin = lm.rotary_emb(embeds, positions[:, keep])  # (B, K, D), in the embeddings' dtype
+    cos, sin = cos[:, None], sin[:, None]
+
+    def heads(t):  # (B, K, Hkv*D) -> (B, Hkv, K, D)
+        return t.view(n, lay.k, -1, head_dim).transpose(1, 2)
+
+    keys = torch.stack([heads(k) * cos + rotate_half(heads(k)) * sin for k in raw_k])
+    values = torch.stack([heads(v) for v in raw_v])
+    return keys, values
 
 
 @torch.inference_mode()
