@@ -30,3 +30,64 @@ def test_four_bit_answers(tiny_ckpt, tiny_model):
     a = Session(fp, video).ask("what is here?", gen)
     b = Session(q4, video).ask("what is here?", gen)
     assert len(a.token_ids) >= 1 and len(b.token_ids) >= 1
+
+
+@pytest.mark.parametrize("four_bit", [False, True])
+def test_graph_decode_gives_the_plain_tokens(tiny_ckpt, tiny_model, four_bit):
+    """The pre-allocated cache with a CUDA-graph decode step answers exactly like the plain path."""
+    from test_answer import random_video
+    from vococli.fast_decode import StaticSession
+
+    m = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False, load_4bit=four_bit)
+    video = random_video(tiny_model, 6, seed=2)
+    gen = GenerationConfig(max_new_tokens=24)
+    plain, graph = Session(m, video), StaticSession(m, video, graph=True, room=8)  # room=8: grows mid-answer
+    for q in ["what is here?", "and then?"]:
+        a, b = plain.ask(q, gen), graph.ask(q, gen)
+        assert a.token_ids == b.token_ids
+    ids = plain._prompt_ids("why?")
+    plain.reset(), graph.reset()
+    torch.testing.assert_close(graph._prefill(ids, 4), plain._prefill(ids, 4), atol=2e-2, rtol=2e-2)
+    for tok in [7, 9]:
+        torch.testing.assert_close(graph._decode(tok), plain._decode(tok), atol=2e-2, rtol=2e-2)
+
+
+def test_compression_fast_path_bf16(tiny_ckpt):
+    from test_equivalence import pixels_for
+    from vococli.stage1 import compress_embeddings, frame_embeddings, image_features, prefill_frames
+
+    m = load_model(tiny_ckpt, device="cuda", dtype="bfloat16")
+    with torch.inference_mode():
+        embeds = frame_embeddings(m, image_features(m, pixels_for(m, 5, seed=3).to("cuda", torch.bfloat16)))
+        keys, values = compress_embeddings(m, embeds)
+        ref_k, ref_v = prefill_frames(m, embeds, torch.zeros(5, dtype=torch.long))
+    torch.testing.assert_close(keys, torch.stack(ref_k), atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(values, torch.stack(ref_v), atol=3e-2, rtol=3e-2)
+
+
+def test_compress_on_gpu_matches_cpu(tiny_ckpt, tmp_path):
+    """The GPU pipeline (pinned batches, automatic batch size) stores what the CPU pipeline stores."""
+    from vococli.cache_file import load_cache
+    from vococli.compress import compress_video
+    from vococli.synth import SynthConfig, synthesize
+
+    synthesize(SynthConfig(seed=5, count=1, kind="temporal"), tmp_path / "s")
+    video = next((tmp_path / "s").rglob("*.mp4"))
+    gpu = load_model(tiny_ckpt, device="cuda", dtype="float32")
+    cpu = load_model(tiny_ckpt, device="cpu", dtype="float32")
+    compress_video(gpu, video, tmp_path / "g.voco", notice=lambda s: None)
+    compress_video(cpu, video, tmp_path / "c.voco", notice=lambda s: None)
+    a, b = load_cache(tmp_path / "g.voco"), load_cache(tmp_path / "c.voco")
+    assert a.n_frames == b.n_frames > 0
+    torch.testing.assert_close(a.keys, b.keys, atol=1e-3, rtol=1e-3)
+
+
+def test_bench_runs_on_gpu():
+    from vococli.bench import BenchConfig, run_bench
+
+    cfg = BenchConfig(preset="tiny", device=torch.device("cuda"), dtype=torch.bfloat16, video_frames=8,
+                      minutes=(0.5,), answer_tokens=8, repeats=1)
+    res = run_bench(cfg)
+    assert res["compression"]["stage1"]["frames_s"] > 0
+    assert all("error" not in r for r in res["long"]), res["long"]
+    assert {r["path"] for r in res["long"]} == {"dynamic", "graph"}

@@ -14,6 +14,7 @@ from typing import Optional
 import typer
 
 from .cli_common import DecodeOpt, DeviceOpt, DtypeOpt, ModelOpt, Rate, err, model_path, out, progress_bar, quiet_transformers
+from .cli_bench import bench_command
 from .cli_eval import eval_command, score_command
 from .cli_training import experiment_table1, synth, tiny_model, train
 from .errors import UserError
@@ -223,6 +224,7 @@ def info(
 # registered here, in --help order
 app.command("eval")(eval_command)
 app.command("score")(score_command)
+app.command("bench")(bench_command)
 app.command()(synth)
 app.command()(train)
 experiment_app = typer.Typer(help="Reproducible experiments on synthetic data.", no_args_is_help=True)

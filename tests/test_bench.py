@@ -1,0 +1,90 @@
+"""`vococli bench` on CPU, and the frame feed it relies on (prefetching, out-of-memory back-off)."""
+
+import json
+
+import pytest
+import torch
+from vococli.bench import BenchConfig, kv_bytes, run_bench
+from test_cli import run
+from vococli.frame_feed import Backoff, Prefetcher, auto_batch_size
+
+
+@pytest.fixture(scope="module")
+def bench_result():
+    cfg = BenchConfig(preset="tiny", video_frames=6, minutes=(0.2, 0.5), answer_tokens=6, repeats=1)
+    return run_bench(cfg)
+
+
+def test_bench_measures_every_section(bench_result):
+    r = bench_result
+    assert r["ceilings"]["matmul_tflops"] > 0 and r["ceilings"]["copy_gb_s"] > 0
+    assert r["compression"]["vision"]["frames_s"] > 0 and r["compression"]["stage1"]["frames_s"] > 0
+    assert r["compress_video"]["frames"] == 6 and r["compress_video"]["frames_s"] > 0
+    rows = r["long"]
+    assert [(x["minutes"], x["weights"], x["path"]) for x in rows] == [
+        (m, w, p) for m in (0.2, 0.5) for w in ("float32", "nf4") for p in ("dynamic", "static")]
+    assert all("error" not in x and x["ttft_ms"] > 0 and x["decode_tok_s"] > 0 for x in rows), rows
+    assert rows[0]["frames"] == 12 and rows[-1]["frames"] == 30
+
+
+def test_table7_cache_sizes_follow_the_token_counts(bench_result):
+    a, b, c = bench_result["table7"]
+    assert a["cache_mib"] == 0 and a["vs_baseline"] == 1.0
+    # the tiny model: 16 image tokens + BOS + separator cached in (b), K=2 VoCo tokens in (c)
+    assert (b["cached_tokens"], c["cached_tokens"]) == (18, 2)
+    assert b["cache_mib"] / c["cache_mib"] == pytest.approx(9, rel=0.05)
+
+
+def test_kv_bytes():
+    class M:  # a 7B-shaped model in bf16: 1 MiB per frame at K=2
+        text_config = type("C", (), {"num_hidden_layers": 32, "num_key_value_heads": 32, "hidden_size": 4096,
+                                     "num_attention_heads": 32, "head_dim": 128})()
+        dtype = torch.bfloat16
+    assert kv_bytes(M, 2) == 2**20
+
+
+def test_bench_cli_json_and_bad_flags():
+    res = run("bench", "--sections", "table7", "--answer-tokens", "3", "--repeats", "1", "--json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert [row["cached_tokens"] for row in data["table7"]][1:] == [18, 2]
+    for args, word in [(["--sections", "vision,nope"], "nope"), (["--minutes", "1,x"], "--minutes"),
+                       (["--preset", "gpt-9"], "--preset")]:
+        bad = run("bench", *args)
+        assert bad.returncode == 1 and word in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_prefetcher_keeps_order_and_passes_errors_on():
+    assert list(Prefetcher(range(50), lambda x: x * 2, depth=2)) == [2 * i for i in range(50)]
+
+    def broken():
+        yield 1
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for x in Prefetcher(broken()):
+            got.append(x)
+    assert got == [1]
+
+
+def test_backoff_halves_on_out_of_memory_without_losing_frames():
+    calls = []
+
+    def fn(piece):
+        calls.append(piece.shape[0])
+        if piece.shape[0] > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return piece * 10
+
+    notes = []
+    backoff = Backoff(8, notice=notes.append)
+    out = backoff(fn, torch.arange(11))
+    assert torch.equal(torch.cat(out), torch.arange(11) * 10)
+    assert backoff.batch_size == 2 and calls[:3] == [8, 4, 2] and len(notes) == 2
+    with pytest.raises(ValueError):
+        Backoff(4)(lambda p: (_ for _ in ()).throw(ValueError("not memory")), torch.arange(3))
+
+
+def test_auto_batch_size_on_cpu(tiny_model):
+    assert auto_batch_size(tiny_model) == 8
