@@ -46,6 +46,7 @@ class BenchConfig:
     voco_tokens: int = 2
     batch_size: int | None = None  # stage-1 frames per forward (None: automatic)
     video_frames: int = 64  # frames of the end-to-end compress video (1 fps)
+    video: Path | None = None  # a video file to compress instead of writing one
     minutes: tuple[float, ...] = (1, 10, 60)
     answer_tokens: int = 64
     repeats: int = 3
@@ -201,16 +202,21 @@ def write_bench_video(path: Path, frames: int, size: tuple[int, int] = (480, 640
 def end_to_end(cfg: BenchConfig, model: VocoModel) -> dict:
     from .compress import compress_video
 
+    from .video import Sampling
+
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        video = write_bench_video(Path(tmp) / "bench.mp4", cfg.video_frames)
+        if cfg.video is None:
+            video, what = write_bench_video(Path(tmp) / "bench.mp4", cfg.video_frames), "640x480 H.264, 1 fps"
+        else:
+            video, what = Path(cfg.video), Path(cfg.video).name
         written = time.perf_counter() - t0
         with PeakMemory(cfg.device) as mem:
-            res = compress_video(model, video, Path(tmp) / "bench.voco", batch_size=cfg.batch_size,
-                                 notice=lambda s: None)
+            res = compress_video(model, video, Path(tmp) / "bench.voco", Sampling(fps=1.0),
+                                 batch_size=cfg.batch_size, notice=lambda s: None)
         hour = 3600 / res.frames_per_s if res.frames_per_s else None
     return {"frames": res.frames, "seconds": round(res.seconds, 2), "frames_s": round(res.frames_per_s, 1),
-            "backend": res.backend, "video": "640x480 H.264, 1 fps", "video_write_s": round(written, 1),
+            "backend": res.backend, "video": what, "video_write_s": round(written, 1),
             "hour_at_1fps_s": round(hour, 1) if hour else None, "peak_gib": gib(mem.extra)}
 
 

@@ -24,6 +24,8 @@ def bench_command(
     voco_tokens: int = typer.Option(2, help="VoCo tokens per frame (K)."),
     batch_size: Optional[int] = typer.Option(None, help="Frames per stage-1 forward (default: from free GPU memory)."),
     video_frames: int = typer.Option(64, help="Frames of the video written for the end-to-end compress run (1 fps)."),
+    video: Optional[Path] = typer.Option(None, help="Compress this video file (sampled at 1 fps) in the "
+                                         "end-to-end run instead of writing one."),
     minutes: str = typer.Option("1,10,60", help="Cache lengths for the long-cache answering rows, in minutes of "
                                 "1-fps video."),
     answer_tokens: int = typer.Option(64, help="Tokens generated per answer (end-of-sequence ignored)."),
@@ -60,10 +62,12 @@ def bench_command(
         raise UserError("--repeats, --video-frames and --voco-tokens must be at least 1, --answer-tokens at least 2")
     if batch_size is not None and batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if video is not None and not video.is_file():
+        raise UserError(f"{video}: video file not found")
     quiet_transformers()
     dev = resolve_device(device)
     cfg = BenchConfig(preset=preset, device=dev, dtype=resolve_dtype(dtype, dev), voco_tokens=voco_tokens,
-                      batch_size=batch_size, video_frames=video_frames, minutes=lengths,
+                      batch_size=batch_size, video_frames=video_frames, video=video, minutes=lengths,
                       answer_tokens=answer_tokens, repeats=repeats, four_bit=four_bit, sections=chosen)
     if not as_json:
         out.print(f"[bold]vococli bench[/bold]: preset {preset}, {cfg.dtype}, K={voco_tokens}, "
