@@ -51,6 +51,7 @@ class BenchConfig:
     answer_tokens: int = 64
     repeats: int = 3
     four_bit: bool = True
+    compile: bool = False  # also time the torch.compile'd decode step (longest cache only)
     sections: tuple[str, ...] = SECTIONS
 
 
@@ -256,8 +257,19 @@ def measure_answering(session: Session, ids: list[int], cfg: BenchConfig) -> dic
     ttft = statistics.median(r[0] for r in runs)
     decode = statistics.median(r[1] for r in runs)
     total = statistics.median(r[0] + r[1] for r in runs)
-    return {"ttft_ms": round(ttft * 1000, 2), "decode_tok_s": round((cfg.answer_tokens - 1) / decode, 1),
-            "answer_ms": round(total * 1000, 1)}
+    row = {"ttft_ms": round(ttft * 1000, 2), "decode_tok_s": round((cfg.answer_tokens - 1) / decode, 1),
+           "answer_ms": round(total * 1000, 1)}
+    decoder = getattr(session, "decoder", None)
+    if decoder is not None and decoder.graph is not None:
+        # the GPU time of the captured step alone: what the decode rate would be with no host work
+        session.reset()
+        session._prefill(ids, cfg.answer_tokens)
+        steps = min(16, session.width - session.base - session.used - 1)
+        if steps > 0:
+            row["graph_only_tok_s"] = round(1000 / decoder.replay_ms(steps), 1)
+            session.cache.crop(-steps)
+        session.reset()
+    return row
 
 
 def kv_bytes(model: VocoModel, tokens: int) -> int:
@@ -330,13 +342,17 @@ def table7(cfg: BenchConfig, model: VocoModel, lm: VocoModel) -> list[dict]:
     return rows
 
 
-def long_caches(cfg: BenchConfig, models: dict[str, VocoModel], bandwidth_gb_s: float | None) -> list[dict]:
-    """Time to first token and decode speed over caches of `cfg.minutes` of 1-fps video."""
-    rows = []
+def long_caches(cfg: BenchConfig, models: dict[str, VocoModel], bandwidth_gb_s: float | None,
+                rows: list | None = None, on_row: Callable[[], None] = lambda: None) -> list[dict]:
+    """Time to first token and decode speed over caches of `cfg.minutes` of 1-fps video; rows are
+    appended to `rows` as they are measured and `on_row()` is called after each."""
+    rows = [] if rows is None else rows
     some = next(iter(models.values()))
     ids = some.tokenizer(QUESTION, add_special_tokens=False)["input_ids"]
     paths = ["dynamic", "graph"] if cfg.device.type == "cuda" else ["dynamic", "static"]
     for minutes in cfg.minutes:
+        if cfg.compile and minutes == max(cfg.minutes) and cfg.device.type == "cuda":
+            paths = paths + ["compiled"]
         frames = int(round(minutes * 60))
         video = random_cache(some, frames)
         for weights, lm in models.items():
@@ -353,7 +369,8 @@ def long_caches(cfg: BenchConfig, models: dict[str, VocoModel], bandwidth_gb_s: 
                         t0 = time.perf_counter()
                         session = (Session(lm, video) if path == "dynamic"
                                    else StaticSession(lm, video, graph=path == "graph",
-                                                      room=len(ids) + cfg.answer_tokens + 8))
+                                                      compile=path == "compiled",
+                                                      room=len(ids) + cfg.answer_tokens + 24))
                         sync(cfg.device)
                         row["load_s"] = round(time.perf_counter() - t0, 3)
                         row.update(measure_answering(session, ids, cfg))
@@ -367,6 +384,7 @@ def long_caches(cfg: BenchConfig, models: dict[str, VocoModel], bandwidth_gb_s: 
                 if cfg.device.type == "cuda":
                     torch.cuda.empty_cache()
                 rows.append(row)
+                on_row()
         del video
     return rows
 
@@ -415,7 +433,9 @@ def run_bench(cfg: BenchConfig, report: Callable[[str, object], None] = lambda k
         if cfg.device.type == "cuda":  # the vision tower is not needed to answer
             model.llava.model.vision_tower.to("meta")
             torch.cuda.empty_cache()
-        section("long", lambda: long_caches(cfg, models, ceil.get("copy_gb_s")))
+        result["long"] = []  # filled row by row, so a run cut short keeps what it measured
+        section("long", lambda: long_caches(cfg, models, ceil.get("copy_gb_s"), result["long"],
+                                            lambda: report("long_row", result)))
     return result
 
 

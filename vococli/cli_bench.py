@@ -31,6 +31,8 @@ def bench_command(
     answer_tokens: int = typer.Option(64, help="Tokens generated per answer (end-of-sequence ignored)."),
     repeats: int = typer.Option(3, help="Timed repetitions per measurement (the median is reported)."),
     four_bit: bool = typer.Option(True, "--4bit/--no-4bit", help="Also answer with the nf4 (bitsandbytes) model."),
+    compile: bool = typer.Option(False, "--compile", help="Also time the torch.compile'd decode step on the "
+                                 "longest cache (GPU; compiling a 7B model takes a minute or more)."),
     sections: str = typer.Option(",".join(("ceilings", "vision", "stage1", "compress", "table7", "long")),
                                  help="Comma-separated sections to run."),
     save: Optional[Path] = typer.Option(None, help="Also write the results to this JSON file."),
@@ -68,13 +70,23 @@ def bench_command(
     dev = resolve_device(device)
     cfg = BenchConfig(preset=preset, device=dev, dtype=resolve_dtype(dtype, dev), voco_tokens=voco_tokens,
                       batch_size=batch_size, video_frames=video_frames, video=video, minutes=lengths,
-                      answer_tokens=answer_tokens, repeats=repeats, four_bit=four_bit, sections=chosen)
+                      answer_tokens=answer_tokens, repeats=repeats, four_bit=four_bit, compile=compile,
+                      sections=chosen)
     if not as_json:
         out.print(f"[bold]vococli bench[/bold]: preset {preset}, {cfg.dtype}, K={voco_tokens}, "
                   f"median of {repeats} after a warm-up")
-    result = run_bench(cfg, report=(lambda name, value: None) if as_json else print_section)
+    partial: dict = {}
+
+    def report(name, value):
+        partial[name] = value
+        if save is not None:  # after every section, so an interrupted run keeps what it measured
+            save.parent.mkdir(parents=True, exist_ok=True)
+            save.write_text(json.dumps(value if name == "long_row" else partial, indent=1) + "\n")
+        if not as_json and name != "long_row":
+            print_section(name, value)
+
+    result = run_bench(cfg, report=report)
     if save is not None:
-        save.parent.mkdir(parents=True, exist_ok=True)
         save.write_text(json.dumps(result, indent=1) + "\n")
     if as_json:
         out.print_json(json.dumps(result))
@@ -134,7 +146,8 @@ def print_section(name: str, value) -> None:
     elif name == "long":
         columns = [("minutes", "minutes"), ("cache_gib", "cache GiB"), ("weights", "weights"),
                    ("path", "path"), ("load_s", "load s"), ("ttft_ms", "first token ms"),
-                   ("decode_tok_s", "decode tok/s"), ("decode_limit_tok_s", "bandwidth limit"),
+                   ("decode_tok_s", "decode tok/s"), ("graph_only_tok_s", "graph alone tok/s"),
+                   ("decode_limit_tok_s", "bandwidth limit"),
                    ("share_of_limit", "of limit"), ("peak_gib", "peak GiB")]
         if any("error" in r for r in value):
             columns.append(("error", "error"))

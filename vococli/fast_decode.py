@@ -18,7 +18,7 @@ from .layout import additive_mask, text_start
 from .model import VocoModel
 from .video_cache import VideoCache
 
-DECODE_MODES = ("auto", "dynamic", "static", "graph")
+DECODE_MODES = ("auto", "dynamic", "static", "graph", "compiled")
 MIN_ROOM = 512  # tokens of prompt and answer the buffer holds beyond the video at first
 
 
@@ -32,15 +32,17 @@ def static_mask(used: int, new: int, width: int, dtype: torch.dtype, device) -> 
 class StaticSession(Session):
     """A conversation over one video cache held in a pre-allocated buffer.
 
-    `graph=True` (CUDA only) replays the decode step as a captured CUDA graph.
+    `graph=True` (CUDA only) replays the decode step as a captured CUDA graph; `compile=True`
+    also compiles that step with torch.compile first (fused kernels; compiled again for each new
+    buffer size, which takes a while on a large model).
     """
 
     def __init__(self, model: VocoModel, video: VideoCache, system: str | None = None, graph: bool = False,
-                 room: int = MIN_ROOM):
-        if graph and model.device.type != "cuda":
+                 room: int = MIN_ROOM, compile: bool = False):
+        if (graph or compile) and model.device.type != "cuda":
             raise UserError("graph decoding needs a CUDA device")
         self.model, self.video, self.system = model, video, system
-        self.graph = graph
+        self.graph, self.compile = graph or compile, compile
         self.base = video.n_frames * model.layout.k
         self.first_pos = text_start(model.layout, video.n_frames)
         self.used = 0
@@ -62,7 +64,7 @@ class StaticSession(Session):
             for i, layer in enumerate(old.layers):
                 self.cache.update(layer.keys[:, :, :filled], layer.values[:, :, :filled], i)
             del old
-        self.decoder = GraphDecoder(self.model, self.cache, self.width) if self.graph else None
+        self.decoder = GraphDecoder(self.model, self.cache, self.width, self.compile) if self.graph else None
 
     def _ensure_room(self, tokens: int) -> None:
         free = self.width - self.base - self.used
@@ -102,8 +104,9 @@ class GraphDecoder:
     logits into a static tensor; the cache's own write position advances inside the graph.
     """
 
-    def __init__(self, model: VocoModel, cache: StaticCache, width: int):
+    def __init__(self, model: VocoModel, cache: StaticCache, width: int, compile: bool = False):
         self.model, self.cache = model, cache
+        self.forward = torch.compile(model.lm, dynamic=False) if compile else model.lm
         dev = model.device
         self.ids = torch.zeros((1, 1), dtype=torch.long, device=dev)
         self.pos = torch.zeros((1, 1), dtype=torch.long, device=dev)
@@ -112,8 +115,8 @@ class GraphDecoder:
         self.filled = -1  # slots the mask currently opens (0..filled-1)
 
     def _run(self) -> torch.Tensor:
-        out = self.model.lm(input_ids=self.ids, position_ids=self.pos, attention_mask=self.mask,
-                            past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        out = self.forward(input_ids=self.ids, position_ids=self.pos, attention_mask=self.mask,
+                           past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float()
 
     def _set(self, token: int, filled: int, pos: int) -> None:
@@ -129,13 +132,25 @@ class GraphDecoder:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for _ in range(2):  # warm-up runs write one slot each: take it back
+            for _ in range(3):  # warm-up (and compile) runs write one slot each: take it back
                 self._run()
                 self.cache.crop(-1)
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.logits = self._run()  # recorded, not run: the cache does not advance
+
+    @torch.inference_mode()
+    def replay_ms(self, steps: int) -> float:
+        """GPU milliseconds per replay of the captured step, `steps` replays back to back (they
+        write `steps` slots past the current one: the caller takes them back)."""
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            self.graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / steps
 
     @torch.inference_mode()
     def step(self, token: int, filled: int, pos: int) -> torch.Tensor:
@@ -162,4 +177,4 @@ def open_session(model: VocoModel, video: VideoCache, decode: str = "auto", syst
         decode = "graph" if model.device.type == "cuda" else "dynamic"
     if decode == "dynamic":
         return Session(model, video, system)
-    return StaticSession(model, video, system, graph=decode == "graph")
+    return StaticSession(model, video, system, graph=decode == "graph", compile=decode == "compiled")

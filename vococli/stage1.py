@@ -62,9 +62,13 @@ class _LastLayerReached(Exception):
 
 
 def _supports_projection_capture(model: VocoModel) -> bool:
-    """The fast path reads keys/values off the k/v projections: true for LLaMA attention."""
+    """The fast path reads keys/values off the k/v projections (true for LLaMA attention) and relies
+    on the in-frame mask being plain causal."""
     attn = model.language_model.layers[0].self_attn
-    return type(attn).__name__ == "LlamaAttention" and all(hasattr(attn, a) for a in ("k_proj", "v_proj", "head_dim"))
+    lay = model.layout
+    causal = torch.equal(frame_allowed(lay, "voco"), torch.ones(lay.frame_len, lay.frame_len, dtype=torch.bool).tril())
+    return (type(attn).__name__ == "LlamaAttention" and causal
+            and all(hasattr(attn, a) for a in ("k_proj", "v_proj", "head_dim")))
 
 
 @torch.inference_mode()
@@ -87,7 +91,8 @@ def compress_embeddings(model: VocoModel, embeds: torch.Tensor) -> tuple[torch.T
     dev = embeds.device
     keep = slice(lay.c0, fl)  # the K VoCo slots
     positions = torch.arange(fl, device=dev)[None, :].expand(n, fl)
-    mask = additive_mask(frame_allowed(lay, "voco"), embeds.dtype).to(dev).expand(n, 1, fl, fl)
+    # Inside a frame the VoCo mask is plain causal at contiguous positions: passing no mask lets
+    # transformers use its causal path (flash/efficient SDPA kernels, no mask in memory).
     layers = lm.layers[: model.text_config.num_hidden_layers]
     raw_k: list[torch.Tensor] = []
     raw_v: list[torch.Tensor] = []
@@ -106,7 +111,7 @@ def compress_embeddings(model: VocoModel, embeds: torch.Tensor) -> tuple[torch.T
         hooks.append(layer.self_attn.v_proj.register_forward_hook(grab(raw_v)))
     hooks.append(layers[-1].register_forward_pre_hook(stop, with_kwargs=True))
     try:
-        lm(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=False)
+        lm(inputs_embeds=embeds, position_ids=positions, attention_mask=None, use_cache=False)
     except _LastLayerReached:
         pass
     finally:
