@@ -31,8 +31,9 @@ def bench_command(
     answer_tokens: int = typer.Option(64, help="Tokens generated per answer (end-of-sequence ignored)."),
     repeats: int = typer.Option(3, help="Timed repetitions per measurement (the median is reported)."),
     four_bit: bool = typer.Option(True, "--4bit/--no-4bit", help="Also answer with the nf4 (bitsandbytes) model."),
-    compile: bool = typer.Option(False, "--compile", help="Also time the torch.compile'd decode step on the "
-                                 "longest cache (GPU; compiling a 7B model takes a minute or more)."),
+    compile: bool = typer.Option(False, "--compile", help="Also time a torch.compile'd decode step on the "
+                                 "longest cache (GPU; an experiment: answering does not offer it, see "
+                                 "docs/performance.md)."),
     sections: str = typer.Option(",".join(("ceilings", "vision", "stage1", "compress", "table7", "long")),
                                  help="Comma-separated sections to run."),
     save: Optional[Path] = typer.Option(None, help="Also write the results to this JSON file."),
@@ -138,10 +139,12 @@ def print_section(name: str, value) -> None:
     elif name == "compress_video":
         out.print(f"compress (end to end, {value['video']}): {value['frames']} frames in {value['seconds']} s = "
                   f"{value['frames_s']} frames/s ({value['backend']}); an hour at 1 fps would take "
-                  f"{value['hour_at_1fps_s']} s; extra GPU memory {value['peak_gib']} GiB")
+                  f"{value['hour_at_1fps_s']} s"
+                  + (f"; extra GPU memory {value['peak_gib']} GiB" if value.get("peak_gib") is not None else ""))
     elif name == "table7":
         wide.print(_table("Answering one question (Table 7 of the paper; vision tower not counted)", value,
                          [("method", "method"), ("cached_tokens", "cached tokens"), ("cache_mib", "cache MiB"),
+                          ("first_token_ms", "first token ms"), ("first_token_vs_baseline", "vs (a)"),
                           ("answer_ms", "answer ms"), ("vs_baseline", "vs (a)"), ("peak_gib", "extra GiB")]))
     elif name == "long":
         columns = [("minutes", "minutes"), ("cache_gib", "cache GiB"), ("weights", "weights"),

@@ -18,7 +18,7 @@ from .layout import additive_mask, text_start
 from .model import VocoModel
 from .video_cache import VideoCache
 
-DECODE_MODES = ("auto", "dynamic", "static", "graph", "compiled")
+DECODE_MODES = ("auto", "dynamic", "static", "graph")
 MIN_ROOM = 512  # tokens of prompt and answer the buffer holds beyond the video at first
 
 
@@ -32,9 +32,10 @@ def static_mask(used: int, new: int, width: int, dtype: torch.dtype, device) -> 
 class StaticSession(Session):
     """A conversation over one video cache held in a pre-allocated buffer.
 
-    `graph=True` (CUDA only) replays the decode step as a captured CUDA graph; `compile=True`
-    also compiles that step with torch.compile first (fused kernels; compiled again for each new
-    buffer size, which takes a while on a large model).
+    `graph=True` (CUDA only) replays the decode step as a captured CUDA graph. `compile=True`
+    (used by `vococli bench --compile` only) also runs torch.compile on that step first: it is
+    faster, but its greedy tokens have not been shown equal to the plain path's (on a random
+    bf16 test model they diverged at the third token), so answering does not offer it.
     """
 
     def __init__(self, model: VocoModel, video: VideoCache, system: str | None = None, graph: bool = False,
@@ -177,4 +178,4 @@ def open_session(model: VocoModel, video: VideoCache, decode: str = "auto", syst
         decode = "graph" if model.device.type == "cuda" else "dynamic"
     if decode == "dynamic":
         return Session(model, video, system)
-    return StaticSession(model, video, system, graph=decode == "graph", compile=decode == "compiled")
+    return StaticSession(model, video, system, graph=decode == "graph")
