@@ -1,7 +1,7 @@
 """The .voco cache: a folder of numbered safetensors chunks (format in docs/cache-format.md).
 
 Each chunk holds `keys` and `values` shaped (layers, frames, kv_heads, K, head_dim) in the model
-dtype, `timestamps` (frames,) float64, and the whole metadata as a JSON string under the
+dtype (or int8 with `keys_scale`/`values_scale` when stored in 8 bits), `timestamps` (frames,) float64, and the whole metadata as a JSON string under the
 safetensors metadata key "vococli". Chunks are written to a temporary name and renamed, so a
 chunk on disk is complete or absent; an interrupted compress resumes after the last chunk.
 The last chunk carries `"final": true`.
@@ -22,14 +22,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import UserError
+from .kv_quant import quantize_int8
 from .video_cache import VideoCache
 
 FORMAT = "vococli-cache"
 FORMAT_VERSION = 1
 CHUNK_GLOB = "chunk-*.safetensors"
 # metadata fields that must agree for a resume to continue an existing cache
-RESUME_KEYS = ("format", "format_version", "model_fingerprint", "k", "c0", "dtype", "video", "sampling",
-               "planned_frames")
+RESUME_KEYS = ("format", "format_version", "model_fingerprint", "k", "c0", "dtype", "storage", "video",
+               "sampling", "planned_frames")
 
 
 def video_identity(path: Path) -> dict:
@@ -110,19 +111,31 @@ def load_cache(root: Path, fingerprint: str | None = None, allow_partial: bool =
     if fingerprint is not None and meta["model_fingerprint"] != fingerprint:
         raise UserError(f"{root}: made by another model (fingerprint {meta['model_fingerprint']}, "
                         f"this model is {fingerprint}); compress the video with this model")
-    keys, values, stamps = [], [], []
+    names = ["keys", "values"] + (["keys_scale", "values_scale"] if storage(meta) == "int8" else [])
+    parts: dict[str, list] = {n: [] for n in names}
+    stamps = []
     for c in chunks:
         try:
             with safe_open(str(c.path), framework="pt") as f:
-                keys.append(f.get_tensor("keys"))
-                values.append(f.get_tensor("values"))
+                for n in names:
+                    parts[n].append(f.get_tensor(n))
                 stamps.append(f.get_tensor("timestamps").numpy())
         except Exception as e:
             raise UserError(f"{c.path}: damaged cache chunk ({e})") from None
-    k, v = torch.cat(keys, dim=1), torch.cat(values, dim=1)
-    if k.shape[1] == 0:
+    full = {n: torch.cat(p, dim=1) for n, p in parts.items()}
+    if full["keys"].shape[1] == 0:
         raise UserError(f"{root}: the cache holds no frames")
-    return VideoCache(keys=k, values=v, timestamps=np.concatenate(stamps), meta=dict(meta))
+    return VideoCache(keys=full["keys"], values=full["values"], timestamps=np.concatenate(stamps), meta=dict(meta),
+                      key_scales=full.get("keys_scale"), value_scales=full.get("values_scale"))
+
+
+def _resume_field(meta: dict, key: str):
+    return storage(meta) if key == "storage" else meta[key]
+
+
+def storage(meta: dict) -> str:
+    """How keys/values are stored: "int8", or the dtype itself (caches without the field)."""
+    return meta.get("storage") or meta.get("dtype")
 
 
 class CacheWriter:
@@ -154,7 +167,8 @@ class CacheWriter:
             return
         last = chunks[-1].meta
         for key in RESUME_KEYS:
-            equal = same_video(last[key], self.meta[key]) if key == "video" else last[key] == self.meta[key]
+            old, new = _resume_field(last, key), _resume_field(self.meta, key)
+            equal = same_video(old, new) if key == "video" else old == new
             if not equal:
                 raise UserError(f"{self.root}: exists with a different {key.replace('_', ' ')}; "
                                 "pass --overwrite to replace it or choose another -o")
@@ -171,6 +185,9 @@ class CacheWriter:
                     targets_done=int(targets_done), frames_lost=int(lost), final=bool(final))
         tensors = {"keys": keys.contiguous().cpu(), "values": values.contiguous().cpu(),
                    "timestamps": torch.tensor(timestamps, dtype=torch.float64)}
+        if storage(self.meta) == "int8":
+            tensors["keys"], tensors["keys_scale"] = quantize_int8(tensors["keys"])
+            tensors["values"], tensors["values_scale"] = quantize_int8(tensors["values"])
         path = chunk_path(self.root, self.next_chunk)
         tmp = path.with_suffix(".tmp")
         save_file(tensors, str(tmp), metadata={"vococli": json.dumps(meta)})

@@ -36,6 +36,8 @@ def compress(
         None, help="Frames per forward pass (default: chosen from free GPU memory; 8 on CPU)."),
     chunk_frames: int = typer.Option(128, help="Frames per cache chunk (the unit of resuming)."),
     overwrite: bool = typer.Option(False, help="Replace an existing cache instead of resuming it."),
+    cache_dtype: str = typer.Option("auto", help="Storage of the cached keys/values: auto (the model's dtype) "
+                                    "or int8 (half the size of bf16; accuracy cost in docs/performance.md)."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -54,7 +56,7 @@ def compress(
         task = bar.add_task("frames", total=None, rate="")
         rate = Rate(" frames/s", digits=1)
         res = compress_video(m, video, output, sampling, batch_size=batch_size, chunk_frames=chunk_frames,
-                             overwrite=overwrite, notice=lambda s: err.print(s),
+                             overwrite=overwrite, cache_dtype=cache_dtype, notice=lambda s: err.print(s),
                              progress=lambda done, total: bar.update(task, total=total, completed=done,
                                                                      rate=rate(done)))
     if as_json:
@@ -196,7 +198,7 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print the metadata as JSON."),
 ):
     """Show what a cache holds: frames, duration, K, model fingerprint, size."""
-    from .cache_file import read_info
+    from .cache_file import read_info, storage
 
     meta = read_info(cache)
     if as_json:
@@ -212,7 +214,7 @@ def info(
         ("sampling", f"fps={s['fps']} start={s['start']} end={s['end']} max_frames={s['max_frames']}"),
         ("voco tokens", f"K={meta['k']} per frame, first VoCo position c0={meta['c0']}"),
         ("model", f"{meta['model_fingerprint']} ({meta['model_path']})"),
-        ("dtype", meta["dtype"]),
+        ("dtype", meta["dtype"] if storage(meta) == meta["dtype"] else f"{meta['dtype']}, stored as {storage(meta)}"),
         ("size", f"{meta['bytes'] / 2**20:.2f} MiB in {meta['chunks']} chunk(s), "
                  f"{meta['bytes'] / max(1, meta['frames']) / 2**10:.1f} KiB per frame"),
     ]

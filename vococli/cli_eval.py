@@ -43,6 +43,8 @@ def eval_command(
         None, help="Frames per forward pass while compressing (default: from free GPU memory; 8 on CPU)."),
     retry_errors: bool = typer.Option(False, help="Ask again the questions whose video failed in an earlier run."),
     decode: str = DecodeOpt,
+    cache_dtype: str = typer.Option("auto", help="Storage of the cached keys/values: auto (the model's dtype) "
+                                    "or int8."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
@@ -57,8 +59,11 @@ def eval_command(
     from .video import Sampling
 
     from .fast_decode import check_decode
+    from .kv_quant import STORAGES
 
     check_decode(decode)
+    if cache_dtype not in STORAGES:
+        raise UserError(f"--cache-dtype {cache_dtype!r}: choose one of {', '.join(STORAGES)}")
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
     if max_new_tokens < 1:
@@ -74,7 +79,8 @@ def eval_command(
     cfg = EvalConfig(dataset=dataset, videos=videos, out=out_dir, cache_dir=cache_dir,
                      sampling=Sampling(fps=fps, max_frames=max_frames),
                      suffix=DEFAULT_SUFFIX if suffix is None else suffix, max_new_tokens=max_new_tokens,
-                     batch_size=batch_size, decode=decode, retry_errors=retry_errors)
+                     batch_size=batch_size, decode=decode, cache_dtype=cache_dtype,
+                     retry_errors=retry_errors)
     progress = Progress(TextColumn("[bold]{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err,
                         disable=not err.is_terminal)

@@ -16,6 +16,7 @@ import torch
 from .cache_file import CacheWriter, video_identity
 from .errors import UserError
 from .frame_feed import Backoff, Prefetcher, auto_batch_size, frames_tensor
+from .kv_quant import STORAGES
 from .model import VocoModel
 from .preprocess import to_pixels
 from .stage1 import compress_pixels
@@ -50,17 +51,20 @@ def default_output(video: Path) -> Path:
 
 def compress_video(model: VocoModel, video: str | Path, out: str | Path | None = None,
                    sampling: Sampling = Sampling(), batch_size: int | None = None, chunk_frames: int = 128,
-                   overwrite: bool = False,
+                   overwrite: bool = False, cache_dtype: str = "auto",
                    progress: Callable[[int, int], None] | None = None,
                    notice: Callable[[str], None] = print) -> CompressResult:
     """Compress `video` into a .voco cache folder with `model` (which must include the vision tower).
 
     `progress(done, total)` is called after every batch with counts of planned frames.
     `batch_size` None picks one from the free GPU memory (8 on CPU); a batch that runs out of
-    GPU memory is redone in halves.
+    GPU memory is redone in halves. `cache_dtype` "int8" stores keys/values in 8 bits (kv_quant.py);
+    "auto" stores them in the model's dtype.
     """
     if model.llava is None:
         raise UserError("compress needs the full model with its vision tower")
+    if cache_dtype not in STORAGES:
+        raise UserError(f"--cache-dtype {cache_dtype!r}: choose one of {', '.join(STORAGES)}")
     if batch_size is None:
         batch_size = auto_batch_size(model)
     if batch_size < 1 or chunk_frames < 1:
@@ -73,7 +77,8 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
     lay = model.layout
     meta = {
         "model_fingerprint": model.fingerprint, "model_path": model.path, "k": lay.k, "c0": lay.c0,
-        "n_image": lay.n_image, "dtype": DTYPE_NAMES[model.dtype], "video": video_identity(video),
+        "n_image": lay.n_image, "dtype": DTYPE_NAMES[model.dtype],
+        "storage": DTYPE_NAMES[model.dtype] if cache_dtype == "auto" else cache_dtype, "video": video_identity(video),
         "sampling": sampling.to_dict(), "planned_frames": int(len(plan)), "backend": reader.backend,
         "video_duration_s": round(reader.duration, 6),
     }

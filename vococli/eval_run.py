@@ -38,7 +38,8 @@ PREDICTIONS = "predictions.jsonl"
 RUN_FILE = "run.json"
 DEFAULT_SUFFIX = SHORT_ANSWER_SUFFIX
 # run.json fields that must match for a rerun to continue the same predictions file
-SAME_RUN_KEYS = ("dataset", "annotations", "model_fingerprint", "k", "sampling", "prompt", "generation")
+SAME_RUN_KEYS = ("dataset", "annotations", "model_fingerprint", "k", "sampling", "cache_dtype", "prompt",
+                 "generation")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class EvalConfig:
     max_new_tokens: int = 32
     batch_size: int | None = None  # frames per forward pass while compressing (None: automatic)
     decode: str = "auto"  # answering path (fast_decode.DECODE_MODES)
+    cache_dtype: str = "auto"  # storage of cached keys/values (kv_quant.STORAGES)
     retry_errors: bool = False  # ask again the questions whose video failed before
 
     @property
@@ -88,7 +90,7 @@ def run_record(model: VocoModel, cfg: EvalConfig, annotations: list[Path], fmt: 
         "annotations": [{"file": str(p), "sha256": file_sha256(p)} for p in annotations],
         "model_path": str(model.path), "model_fingerprint": model.fingerprint, "k": model.layout.k,
         "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
-        "sampling": cfg.sampling.to_dict(),
+        "sampling": cfg.sampling.to_dict(), "cache_dtype": cfg.cache_dtype,
         "prompt": {"suffix": cfg.suffix, "chat_template": template,
                    "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()},
         "generation": {"max_new_tokens": cfg.max_new_tokens, "temperature": 0.0, "decoding": "greedy"},
@@ -111,6 +113,8 @@ def check_same_run(run_file: Path, record: dict) -> None:
 def _comparable(value, key: str):
     if key == "annotations" and isinstance(value, list):
         return sorted(a.get("sha256") for a in value)  # the same files moved elsewhere are the same run
+    if key == "cache_dtype" and value is None:
+        return "auto"  # run records written before the option existed
     return value
 
 
@@ -137,10 +141,12 @@ def read_predictions(path: Path, repair: bool = False) -> list[dict]:
     return rows
 
 
-def cache_key(video: Path, model: VocoModel, sampling: Sampling) -> str:
+def cache_key(video: Path, model: VocoModel, sampling: Sampling, cache_dtype: str = "auto") -> str:
     ident = video_identity(video)
     key = {"size": ident["size"], "sha256_ends": ident["sha256_ends"], "model": model.fingerprint,
            "k": model.layout.k, "sampling": sampling.to_dict()}
+    if cache_dtype != "auto":  # keeps the names of caches made before the option existed
+        key["storage"] = cache_dtype
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -244,6 +250,7 @@ def _compressed(model: VocoModel, path: Path, cfg: EvalConfig):
     """The video's cache from the cache folder, compressing (or finishing) it first when needed;
     also the number of frames compressed now."""
     cfg.caches.mkdir(parents=True, exist_ok=True)
-    cache = cfg.caches / f"{path.stem}-{cache_key(path, model, cfg.sampling)}.voco"
-    res = compress_video(model, path, cache, cfg.sampling, batch_size=cfg.batch_size, notice=lambda s: None)
+    cache = cfg.caches / f"{path.stem}-{cache_key(path, model, cfg.sampling, cfg.cache_dtype)}.voco"
+    res = compress_video(model, path, cache, cfg.sampling, batch_size=cfg.batch_size, cache_dtype=cfg.cache_dtype,
+                         notice=lambda s: None)
     return load_cache(cache, fingerprint=model.fingerprint), res.computed

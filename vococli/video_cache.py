@@ -14,6 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from .errors import UserError
+from .kv_quant import dequantize_int8
 from .layout import text_start
 from .model import VocoModel
 from .rope import rotate_keys
@@ -27,6 +28,9 @@ class VideoCache:
     values: torch.Tensor  # (L, T, Hkv, K, D)
     timestamps: np.ndarray  # (T,)
     meta: dict
+    # with 8-bit storage: keys/values are int8 and these float32 scales are (L, T, Hkv, K, 1)
+    key_scales: torch.Tensor | None = None
+    value_scales: torch.Tensor | None = None
 
     @property
     def n_frames(self) -> int:
@@ -35,8 +39,19 @@ class VideoCache:
     def select(self, frames) -> "VideoCache":
         """A cache holding only the given frame indices (in the order given)."""
         idx = torch.as_tensor(np.asarray(frames, dtype=np.int64))
+        scales = {}
+        if self.key_scales is not None:
+            scales = {"key_scales": self.key_scales[:, idx], "value_scales": self.value_scales[:, idx]}
         return replace(self, keys=self.keys[:, idx], values=self.values[:, idx],
-                       timestamps=self.timestamps[idx.numpy()])
+                       timestamps=self.timestamps[idx.numpy()], **scales)
+
+    def _layer(self, i: int, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's keys and values on `dev`, dequantised (to float32) when stored in 8 bits."""
+        k, v = self.keys[i].to(dev, non_blocking=True), self.values[i].to(dev, non_blocking=True)
+        if self.key_scales is not None:
+            k = dequantize_int8(k, self.key_scales[i].to(dev))
+            v = dequantize_int8(v, self.value_scales[i].to(dev))
+        return k, v
 
     def layer_states(self, model: VocoModel):
         """Per layer, keys rotated to their temporal positions and values, as (1, Hkv, T*K, D) on the
@@ -49,10 +64,11 @@ class VideoCache:
         shift = torch.arange(self.n_frames, device=dev) * k
         n_layers, t, h, _, d = self.keys.shape
         for i in range(n_layers):
-            ki = rotate_keys(self.keys[i].to(dev, non_blocking=True), shift, model.language_model.rotary_emb)
+            ki, vi = self._layer(i, dev)
+            ki = rotate_keys(ki, shift, model.language_model.rotary_emb)
             # (T, Hkv, K, D) -> (1, Hkv, T*K, D): frame-major along the sequence axis
             ki = ki.to(dt).permute(1, 0, 2, 3).reshape(1, h, t * k, d)
-            vi = self.values[i].to(dev, dt, non_blocking=True).permute(1, 0, 2, 3).reshape(1, h, t * k, d)
+            vi = vi.to(dt).permute(1, 0, 2, 3).reshape(1, h, t * k, d)
             yield ki, vi
 
     def past_key_values(self, model: VocoModel) -> DynamicCache:
