@@ -29,13 +29,20 @@ def test_static_session_answers_like_plain_session(tiny_model, room):
     assert plain.ask("what is here?", gen).token_ids == static.ask("what is here?", gen).token_ids
 
 
-def test_static_logits_match_plain_logits(tiny_model):
+@pytest.mark.parametrize("room", [512, 1])
+def test_static_logits_match_plain_logits(tiny_model, room):
+    """room=1 and no room reserved at the prompt: every decode step has to grow the buffer."""
     video = random_video(tiny_model, 4, seed=5)
-    plain, static = Session(tiny_model, video), StaticSession(tiny_model, video)
+    plain, static = Session(tiny_model, video), StaticSession(tiny_model, video, room=room)
     ids = plain._prompt_ids("is there a cat?")
-    torch.testing.assert_close(static._prefill(ids, 4), plain._prefill(ids, 4), atol=1e-5, rtol=1e-5)
-    for tok in [7, 9, 11]:
+    torch.testing.assert_close(static._prefill(ids, 0), plain._prefill(ids, 0), atol=1e-5, rtol=1e-5)
+    widths = [static.width]
+    for tok in [7, 9, 11, 13]:
         torch.testing.assert_close(static._decode(tok), plain._decode(tok), atol=1e-5, rtol=1e-5)
+        widths.append(static.width)
+    assert static.used == plain.used == len(ids) + 4
+    if room == 1:
+        assert widths[0] == static.base + len(ids) and widths[-1] > widths[0]  # full at the prompt, then grew
 
 
 def test_open_session_modes(tiny_model):

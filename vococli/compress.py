@@ -7,7 +7,7 @@ compressed frames are buffered until a chunk is full. An interrupted run resumes
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -102,8 +102,10 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
     def stage1(frames: torch.Tensor):
         return compress_pixels(model, to_pixels(frames, model.image, model.device, model.dtype))
 
-    batches = Prefetcher(reader.read(plan[start:], batch_size),
-                         lambda b: (b, frames_tensor(b.frames, pin)))
+    # frames are read in batches no larger than a chunk, so a chunk is written as soon as it is
+    # full; the decoded arrays are dropped once copied (to pinned memory on CUDA)
+    batches = Prefetcher(reader.read(plan[start:], min(batch_size, chunk_frames)),
+                         lambda b: (replace(b, frames=None), frames_tensor(b.frames, pin)))
     with batches:
         for batch, frames in batches:
             for k, v in backoff(stage1, frames):  # (L, B, Hkv, K, D) each

@@ -47,29 +47,36 @@ class StaticSession(Session):
         self.base = video.n_frames * model.layout.k
         self.first_pos = text_start(model.layout, video.n_frames)
         self.used = 0
-        self._allocate(room)
+        self.min_room = room
+        self.cache: StaticCache | None = None  # allocated at the first prompt, sized for it
+        self.decoder: GraphDecoder | None = None
+        self.width = self.base
         self.reset()
 
     # the buffer
 
     def _allocate(self, room: int) -> None:
-        """(Re)build the buffer with `room` free slots after the video and the tokens used so far."""
-        old, old_used = getattr(self, "cache", None), self.used
-        self.width = self.base + max(room, old_used + 1)
-        self.cache = StaticCache(config=self.model.text_config, max_cache_len=self.width)
-        if old is None:
+        """(Re)build the buffer with `room` slots after the video (at least the tokens used so far
+        plus one). The old buffer is copied and freed one layer at a time, so growing needs one
+        layer's worth of extra memory, not a second cache."""
+        width = self.base + max(room, self.used + 1)
+        cache = StaticCache(config=self.model.text_config, max_cache_len=width)
+        if self.cache is None:
             for i, (ki, vi) in enumerate(self.video.layer_states(self.model)):
-                self.cache.update(ki, vi, i)
+                cache.update(ki, vi, i)
         else:  # keep the video and the turns so far
-            filled = self.base + old_used
-            for i, layer in enumerate(old.layers):
-                self.cache.update(layer.keys[:, :, :filled], layer.values[:, :, :filled], i)
-            del old
-        self.decoder = GraphDecoder(self.model, self.cache, self.width, self.compile) if self.graph else None
+            self.decoder = None  # its graph points at the old buffer
+            filled = self.base + self.used
+            for i, layer in enumerate(self.cache.layers):
+                cache.update(layer.keys[:, :, :filled], layer.values[:, :, :filled], i)
+                layer.keys = layer.values = None  # free as we go
+        self.cache, self.width = cache, width
+        self.decoder = GraphDecoder(self.model, cache, width, self.compile) if self.graph else None
 
     def _ensure_room(self, tokens: int) -> None:
-        free = self.width - self.base - self.used
-        if tokens > free:
+        if self.cache is None:
+            self._allocate(max(self.min_room, tokens))
+        elif tokens > self.width - self.base - self.used:
             self._allocate(max(2 * (self.width - self.base), self.used + tokens))
 
     # the two forwards
@@ -130,36 +137,39 @@ class GraphDecoder:
 
     @torch.inference_mode()
     def _capture(self) -> None:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
+        dev = self.model.device
+        stream = torch.cuda.Stream(device=dev)
+        stream.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(stream):
             for _ in range(3):  # warm-up (and compile) runs write one slot each: take it back
                 self._run()
                 self.cache.crop(-1)
-        torch.cuda.current_stream().wait_stream(stream)
+        torch.cuda.current_stream(dev).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        with torch.cuda.graph(self.graph, stream=torch.cuda.Stream(device=dev)):
             self.logits = self._run()  # recorded, not run: the cache does not advance
 
     @torch.inference_mode()
     def replay_ms(self, steps: int) -> float:
         """GPU milliseconds per replay of the captured step, `steps` replays back to back (they
         write `steps` slots past the current one: the caller takes them back)."""
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(steps):
-            self.graph.replay()
-        end.record()
-        torch.cuda.synchronize()
+        with torch.cuda.device(self.model.device):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(steps):
+                self.graph.replay()
+            end.record()
+            torch.cuda.synchronize()
         return start.elapsed_time(end) / steps
 
     @torch.inference_mode()
     def step(self, token: int, filled: int, pos: int) -> torch.Tensor:
         """Logits (1, V) after `token` at position `pos` written into slot `filled`."""
         self._set(token, filled, pos)
-        if self.graph is None:
-            self._capture()
-        self.graph.replay()
+        with torch.cuda.device(self.model.device):  # the model's GPU, also when it is not the current one
+            if self.graph is None:
+                self._capture()
+            self.graph.replay()
         self.filled += 1  # the mask now has to open this slot for the next token too
         self.mask[..., self.filled] = 0
         return self.logits

@@ -27,7 +27,7 @@ class Prefetcher:
 
     _END = object()
 
-    def __init__(self, source: Iterable, convert: Callable = lambda x: x, depth: int = 3):
+    def __init__(self, source: Iterable, convert: Callable = lambda x: x, depth: int = 2):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, args=(source, convert), daemon=True)
@@ -94,8 +94,7 @@ def frame_cost_bytes(model: VocoModel) -> int:
     if vis is not None:
         n = (vis.image_size // vis.patch_size) ** 2 + 1
         vision = n * (vis.hidden_size * 8 + vis.intermediate_size * 2) + vis.num_attention_heads * n * n * 2
-    # x2: measured peaks (a 7B model in bf16 on an H200) are about twice this count
-    return int(2 * (hidden + mlp + scores + vision) * size)
+    return int((hidden + mlp + scores + vision) * size)
 
 
 def auto_batch_size(model: VocoModel) -> int:
@@ -128,13 +127,14 @@ class Backoff:
             piece = batch[start:start + self.batch_size]
             try:
                 out.append(fn(piece))
-            except Exception as e:
-                if not is_out_of_memory(e) or self.batch_size == 1:
-                    raise
-                self.batch_size = max(1, piece.shape[0] // 2)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                self.notice(f"note: out of GPU memory; continuing with batches of {self.batch_size} frames")
+                start += piece.shape[0]
                 continue
-            start += piece.shape[0]
+            except Exception as e:
+                if not is_out_of_memory(e) or piece.shape[0] == 1:
+                    raise
+            # outside the handler, so the failed forward's tensors are no longer referenced
+            self.batch_size = max(1, min(self.batch_size, piece.shape[0]) // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.notice(f"note: out of GPU memory; continuing with batches of {self.batch_size} frames")
         return out

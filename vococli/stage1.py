@@ -98,8 +98,8 @@ def compress_embeddings(model: VocoModel, embeds: torch.Tensor) -> tuple[torch.T
     raw_v: list[torch.Tensor] = []
     seen: dict = {}
 
-    def grab(store):
-        return lambda module, args, output: store.append(output[:, keep])
+    def grab(store):  # a copy of the K slots, so the layer's whole projection can be freed
+        return lambda module, args, output: store.append(output[:, keep].clone())
 
     def stop(module, args, kwargs):
         seen["hidden"] = args[0] if args else kwargs["hidden_states"]
