@@ -4,7 +4,8 @@ import json
 
 import pytest
 import torch
-from vococli.bench import BenchConfig, kv_bytes, run_bench
+from vococli.bench import BenchConfig, run_bench
+from vococli.bench_answer import kv_bytes
 from test_cli import run
 from vococli.frame_feed import Backoff, Prefetcher, auto_batch_size
 

@@ -46,7 +46,8 @@ def bench_command(
     Prints a table per section as it finishes; times are medians after a warm-up.
     """
     from .arch import ARCH_NAMES
-    from .bench import SECTIONS, BenchConfig, run_bench
+    from .bench import BenchConfig, run_bench
+    from .bench_timing import SECTIONS
     from .model import resolve_device, resolve_dtype
 
     if preset not in ARCH_NAMES:
