@@ -158,8 +158,7 @@ def long_caches(cfg: BenchConfig, models: dict[str, VocoModel], bandwidth_gb_s: 
     ids = some.tokenizer(QUESTION, add_special_tokens=False)["input_ids"]
     paths = ["dynamic", "graph"] if cfg.device.type == "cuda" else ["dynamic", "static"]
     for minutes in cfg.minutes:
-        if cfg.compile and minutes == max(cfg.minutes) and cfg.device.type == "cuda":
-            paths = paths + ["compiled"]
+        compiled = cfg.compile and minutes == max(cfg.minutes) and cfg.device.type == "cuda"
         frames = int(round(minutes * 60))
         video = random_cache(some, frames)
         for weights, lm in models.items():
@@ -168,7 +167,7 @@ def long_caches(cfg: BenchConfig, models: dict[str, VocoModel], bandwidth_gb_s: 
             if bandwidth_gb_s:
                 per_token = wbytes + kv_bytes(lm, frames * lm.layout.k + len(ids) + cfg.answer_tokens)
                 limit = round(bandwidth_gb_s * 1e9 / per_token, 1)
-            for path in paths:
+            for path in paths + (["compiled"] if compiled else []):
                 row = {"minutes": minutes, "frames": frames, "cache_gib": gib(kv_bytes(lm, frames * lm.layout.k)),
                        "weights": weights, "path": path}
                 session = None
