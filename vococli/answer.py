@@ -110,11 +110,15 @@ class Session:
 
     def __init__(self, model: VocoModel, video: VideoCache, system: str | None = None):
         self.model, self.video = model, video
-        self.cache = video.past_key_values(model)
         self.first_pos = text_start(model.layout, video.n_frames)
         self.system = system
         self.used = 0  # tokens in the key/value state after the video
+        self.cache = self._video_cache()
         self.reset()
+
+    def _video_cache(self):
+        """The key/value state holding the video, before any turn."""
+        return self.video.past_key_values(self.model)
 
     def reset(self) -> None:
         """Forget earlier turns (keep only the video)."""

@@ -14,7 +14,7 @@ from transformers import StaticCache
 
 from .answer import Session
 from .errors import UserError
-from .layout import additive_mask, text_start
+from .layout import additive_mask
 from .model import VocoModel
 from .video_cache import VideoCache
 
@@ -42,16 +42,15 @@ class StaticSession(Session):
                  room: int = MIN_ROOM, compile: bool = False):
         if (graph or compile) and model.device.type != "cuda":
             raise UserError("graph decoding needs a CUDA device")
-        self.model, self.video, self.system = model, video, system
         self.graph, self.compile = graph or compile, compile
         self.base = video.n_frames * model.layout.k
-        self.first_pos = text_start(model.layout, video.n_frames)
-        self.used = 0
         self.min_room = room
-        self.cache: StaticCache | None = None  # allocated at the first prompt, sized for it
         self.decoder: GraphDecoder | None = None
         self.width = self.base
-        self.reset()
+        super().__init__(model, video, system)
+
+    def _video_cache(self) -> None:
+        return None  # the buffer is allocated at the first prompt, sized for it
 
     # the buffer
 
