@@ -1,10 +1,10 @@
 """The .voco cache: a folder of numbered safetensors chunks (format in docs/cache-format.md).
 
 Each chunk holds `keys` and `values` shaped (layers, frames, kv_heads, K, head_dim) in the model
-dtype (or int8 with `keys_scale`/`values_scale` when stored in 8 bits), `timestamps` (frames,) float64, and the whole metadata as a JSON string under the
-safetensors metadata key "vococli". Chunks are written to a temporary name and renamed, so a
-chunk on disk is complete or absent; an interrupted compress resumes after the last chunk.
-The last chunk carries `"final": true`.
+dtype (or int8 with `keys_scale`/`values_scale` when stored in 8 bits), `timestamps` (frames,)
+float64, and the whole metadata as a JSON string under the safetensors metadata key "vococli".
+Chunks are written to a temporary name and renamed, so a chunk on disk is complete or absent; an
+interrupted compress resumes after the last chunk. The last chunk carries `"final": true`.
 """
 
 from __future__ import annotations

@@ -59,11 +59,10 @@ def eval_command(
     from .video import Sampling
 
     from .fast_decode import check_decode
-    from .kv_quant import STORAGES
+    from .kv_quant import check_storage
 
     check_decode(decode)
-    if cache_dtype not in STORAGES:
-        raise UserError(f"--cache-dtype {cache_dtype!r}: choose one of {', '.join(STORAGES)}")
+    check_storage(cache_dtype)
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
     if max_new_tokens < 1:

@@ -1,7 +1,8 @@
 """Video file -> .voco cache: read frames in batches, preprocess, stage 1, write chunks.
 
 Frames are decoded in a background thread a few batches ahead of the model (frame_feed.py);
-compressed frames are buffered until a chunk is full. An interrupted run resumes after its last complete chunk; a finished one is not redone.
+compressed frames are buffered until a chunk is full. An interrupted run resumes after its last
+complete chunk; a finished one is not redone.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from .cache_file import CacheWriter, video_identity
 from .errors import UserError
 from .frame_feed import Backoff, Prefetcher, auto_batch_size, frames_tensor
-from .kv_quant import STORAGES
+from .kv_quant import check_storage
 from .model import VocoModel
 from .preprocess import to_pixels
 from .stage1 import compress_pixels
@@ -63,8 +64,7 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
     """
     if model.llava is None:
         raise UserError("compress needs the full model with its vision tower")
-    if cache_dtype not in STORAGES:
-        raise UserError(f"--cache-dtype {cache_dtype!r}: choose one of {', '.join(STORAGES)}")
+    check_storage(cache_dtype)
     if batch_size is None:
         batch_size = auto_batch_size(model)
     if batch_size < 1 or chunk_frames < 1:

@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from .model import VocoModel
+from .preprocess import frames_as_tensor
 
 AUTO_BATCH_CPU = 8
 MAX_AUTO_BATCH = 256
@@ -74,9 +75,7 @@ class Prefetcher:
 
 def frames_tensor(frames, pin: bool) -> torch.Tensor:
     """(B, H, W, 3) uint8 frames as a torch tensor, pinned for an asynchronous copy when `pin`."""
-    if hasattr(frames, "flags") and not frames.flags.writeable:
-        frames = frames.copy()
-    t = torch.as_tensor(frames)
+    t = frames_as_tensor(frames)
     return t.pin_memory() if pin else t
 
 

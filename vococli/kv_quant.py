@@ -10,7 +10,15 @@ from __future__ import annotations
 
 import torch
 
+from .errors import UserError
+
 STORAGES = ("auto", "int8")  # auto: the model's dtype
+
+
+def check_storage(cache_dtype: str) -> str:
+    if cache_dtype not in STORAGES:
+        raise UserError(f"--cache-dtype {cache_dtype!r}: choose one of {', '.join(STORAGES)}")
+    return cache_dtype
 
 
 def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

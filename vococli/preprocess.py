@@ -25,12 +25,17 @@ def pad_to_square(x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def frames_as_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Decoded frames as a torch tensor (decoders may hand out read-only buffers: those are copied)."""
+    if isinstance(frames, np.ndarray) and not frames.flags.writeable:
+        frames = frames.copy()
+    return torch.as_tensor(frames)
+
+
 def to_pixels(frames: np.ndarray | torch.Tensor, spec: ImageSpec, device: torch.device,
               dtype: torch.dtype) -> torch.Tensor:
     """(B, H, W, 3) uint8 frames -> (B, 3, size, size) normalised pixel values in `dtype`."""
-    if isinstance(frames, np.ndarray) and not frames.flags.writeable:
-        frames = frames.copy()  # decoders may hand out read-only buffers; torch wants to own writable memory
-    x = torch.as_tensor(frames).to(device, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, H, W)
+    x = frames_as_tensor(frames).to(device, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, H, W)
     fill = torch.tensor([int(m * 255) for m in spec.mean], dtype=torch.uint8, device=device)
     x = pad_to_square(x, fill).float()
     if x.shape[-1] != spec.size:
