@@ -8,7 +8,7 @@ import torch
 
 import vococli.compress as compress_mod
 from conftest import ROOT
-from vococli.cache_file import chunk_path, load_cache, read_info
+from vococli.cache_file import CacheWriter, ChunkQueue, chunk_path, load_cache, read_info
 from vococli.compress import compress_video
 from vococli.errors import UserError
 from vococli.preprocess import to_pixels
@@ -80,6 +80,42 @@ def test_resume_computes_no_frame_twice(tiny_model, tmp_path, monkeypatch):
     calls.clear()
     again = compress_video(tiny_model, CLIP, out, SAMPLING, batch_size=4, chunk_frames=8, notice=lambda s: None)
     assert calls == [] and again.computed == 0 and again.frames == 21
+
+
+def test_a_failed_chunk_write_stops_compress_and_keeps_the_chunks_before(tiny_model, tmp_path, monkeypatch):
+    """Chunks are written in a background thread: a write error (a full disk) reaches the caller,
+    no later chunk is written after the gap, and a rerun resumes after the last good chunk."""
+    real = CacheWriter.write
+
+    def disk_full_at_chunk_1(self, *args):
+        if self.next_chunk == 1:
+            raise OSError(28, "No space left on device")
+        return real(self, *args)
+
+    monkeypatch.setattr(CacheWriter, "write", disk_full_at_chunk_1)
+    out = tmp_path / "full.voco"
+    with pytest.raises(OSError, match="No space"):
+        compress_video(tiny_model, CLIP, out, SAMPLING, batch_size=4, chunk_frames=4, notice=lambda s: None)
+    assert [p.name for p in sorted(out.glob("chunk-*"))] == ["chunk-00000.safetensors"]
+    monkeypatch.setattr(CacheWriter, "write", real)
+    res = compress_video(tiny_model, CLIP, out, SAMPLING, batch_size=4, chunk_frames=4, notice=lambda s: None)
+    assert res.computed == 21 - 4 and load_cache(out).n_frames == 21
+
+
+def test_chunk_queue_writes_in_order_and_drains_when_the_caller_fails(tmp_path):
+    """Chunks submitted before an error in the caller are all on disk, in order, when the block ends."""
+    writer = CacheWriter(tmp_path / "q.voco", {"k": 1})
+    shape = (2, 3, 1, 1, 4)
+    chunks = [torch.full(shape, float(i)) for i in range(4)]
+    with pytest.raises(Interrupt), ChunkQueue(writer) as queue:
+        for i, c in enumerate(chunks):
+            queue.submit(c, -c, [float(i)] * 3, 3 * (i + 1), 0, final=False)
+        raise Interrupt
+    from safetensors.torch import load_file
+
+    got = [load_file(str(chunk_path(writer.root, i))) for i in range(4)]
+    assert [float(g["keys"][0, 0, 0, 0, 0]) for g in got] == [0.0, 1.0, 2.0, 3.0]
+    assert writer.frames_done == 12 and writer.targets_done == 12 and not writer.finished
 
 
 def test_resume_refuses_other_settings(tiny_model, tmp_path):

@@ -5,6 +5,7 @@ dtype (or int8 with `keys_scale`/`values_scale` when stored in 8 bits), `timesta
 float64, and the whole metadata as a JSON string under the safetensors metadata key "vococli".
 Chunks are written to a temporary name and renamed, so a chunk on disk is complete or absent; an
 interrupted compress resumes after the last chunk. The last chunk carries `"final": true`.
+`ChunkQueue` writes chunks in a background thread, so compress computes the next frames meanwhile.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,11 +186,12 @@ class CacheWriter:
         """Append one chunk: keys/values (L, F, Hkv, K, D) of F frames."""
         meta = dict(self.meta, chunk=self.next_chunk, frame_start=self.frames_done, frames=int(keys.shape[1]),
                     targets_done=int(targets_done), frames_lost=int(lost), final=bool(final))
-        tensors = {"keys": keys.contiguous().cpu(), "values": values.contiguous().cpu(),
-                   "timestamps": torch.tensor(timestamps, dtype=torch.float64)}
-        if storage(self.meta) == "int8":
-            tensors["keys"], tensors["keys_scale"] = quantize_int8(tensors["keys"])
-            tensors["values"], tensors["values_scale"] = quantize_int8(tensors["values"])
+        tensors = {"keys": keys, "values": values}
+        if storage(self.meta) == "int8":  # where the keys are (the GPU in compress): fewer bytes to copy
+            tensors["keys"], tensors["keys_scale"] = quantize_int8(keys)
+            tensors["values"], tensors["values_scale"] = quantize_int8(values)
+        tensors = {n: t.contiguous().cpu() for n, t in tensors.items()}
+        tensors["timestamps"] = torch.tensor(timestamps, dtype=torch.float64)
         path = chunk_path(self.root, self.next_chunk)
         tmp = path.with_suffix(".tmp")
         save_file(tensors, str(tmp), metadata={"vococli": json.dumps(meta)})
@@ -195,3 +199,48 @@ class CacheWriter:
         self.next_chunk += 1
         self.frames_done += int(keys.shape[1])
         self.targets_done, self.lost, self.finished = int(targets_done), int(lost), bool(final)
+
+
+class ChunkQueue:
+    """Writes a CacheWriter's chunks in order in a background thread, at most `depth` waiting.
+
+    `submit` takes the same arguments as `CacheWriter.write`; tensors may still be on the GPU (the
+    thread copies them to the host). Leaving the `with` block waits until every submitted chunk is
+    on disk, also when the block raises, so nothing computed is lost. After a failed write no later
+    chunk is written (there would be a gap) and the error is raised in the caller: at the next
+    `submit`, or when the block ends.
+    """
+
+    def __init__(self, writer: CacheWriter, depth: int = 1):
+        self.writer = writer
+        self._jobs: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self._error is None:
+                try:
+                    with torch.inference_mode():
+                        self.writer.write(*job)
+                except BaseException as e:  # handed to the caller
+                    self._error = e
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, keys: torch.Tensor, values: torch.Tensor, timestamps: list[float], targets_done: int,
+               lost: int, final: bool) -> None:
+        self._raise()
+        self._jobs.put((keys, values, timestamps, targets_done, lost, final))
+
+    def __enter__(self) -> ChunkQueue:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._jobs.put(None)
+        self._thread.join()
+        if exc_type is None:
+            self._raise()

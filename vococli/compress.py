@@ -1,8 +1,9 @@
 """Video file -> .voco cache: read frames in batches, preprocess, stage 1, write chunks.
 
 Frames are decoded in a background thread a few batches ahead of the model (frame_feed.py);
-compressed frames are buffered until a chunk is full. An interrupted run resumes after its last
-complete chunk; a finished one is not redone.
+compressed frames are buffered until a chunk is full, and full chunks are written by another
+background thread (cache_file.ChunkQueue) while the next frames are computed. An interrupted run
+resumes after its last complete chunk; a finished one is not redone.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from .cache_file import CacheWriter, video_identity
+from .cache_file import CacheWriter, ChunkQueue, video_identity
 from .errors import UserError
 from .frame_feed import Backoff, Prefetcher, auto_batch_size, frames_tensor
 from .kv_quant import check_storage
@@ -91,7 +92,7 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
     if writer.targets_done:
         notice(f"{out}: resuming after frame {writer.targets_done} of {total}")
     start = writer.targets_done
-    lost_before = writer.lost
+    lost_before, frames_before = writer.lost, writer.frames_done
     keys, values, stamps = [], [], []
     buffered, computed, seen = 0, 0, start
     if progress:
@@ -103,30 +104,31 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
         return compress_pixels(model, to_pixels(frames, model.image, model.device, model.dtype))
 
     # frames are read in batches no larger than a chunk, so a chunk is written as soon as it is
-    # full; the decoded arrays are dropped once copied (to pinned memory on CUDA)
+    # full; the decoded arrays are dropped once copied (to pinned memory on CUDA). Results stay on
+    # the model's device until the chunk queue copies them, so the loop never waits for a copy.
     batches = Prefetcher(reader.read(plan[start:], min(batch_size, chunk_frames)),
                          lambda b: (replace(b, frames=None), frames_tensor(b.frames, pin)))
-    with batches:
+    with batches, ChunkQueue(writer) as chunks:
         for batch, frames in batches:
             for k, v in backoff(stage1, frames):  # (L, B, Hkv, K, D) each
-                keys.append(k.cpu())
-                values.append(v.cpu())
+                keys.append(k)
+                values.append(v)
                 buffered += k.shape[1]
                 computed += k.shape[1]
             stamps += batch.timestamps
             seen = start + batch.indices[-1] + 1
             if buffered >= chunk_frames:
-                writer.write(torch.cat(keys, 1), torch.cat(values, 1), stamps, seen,
-                             lost_before + (seen - start) - computed, final=False)
+                chunks.submit(torch.cat(keys, 1), torch.cat(values, 1), stamps, seen,
+                              lost_before + (seen - start) - computed, final=False)
                 keys, values, stamps, buffered = [], [], [], 0
             if progress:
                 progress(seen, total)
-    lost = lost_before + (total - start) - computed
-    if writer.frames_done + buffered == 0:
-        raise UserError(f"{video}: no frame could be decoded")
-    k_all = torch.cat(keys, 1) if keys else _empty_chunk(model)
-    v_all = torch.cat(values, 1) if values else _empty_chunk(model)
-    writer.write(k_all, v_all, stamps, total, lost, final=True)
+        lost = lost_before + (total - start) - computed
+        if frames_before + computed == 0:
+            raise UserError(f"{video}: no frame could be decoded")
+        k_all = torch.cat(keys, 1) if keys else _empty_chunk(model)
+        v_all = torch.cat(values, 1) if values else _empty_chunk(model)
+        chunks.submit(k_all, v_all, stamps, total, lost, final=True)
     if progress:
         progress(total, total)
     if lost:
