@@ -6,13 +6,20 @@ import torch
 from test_answer import random_video
 from vococli.answer import GenerationConfig, Session
 from vococli.errors import UserError
-from vococli.fast_decode import StaticSession, open_session, static_mask
+from vococli.fast_decode import StaticSession, compile_width, open_session, static_mask
 
 
 def test_static_mask_opens_filled_slots_and_earlier_new_tokens():
     m = static_mask(used=3, new=2, width=7, dtype=torch.float32, device="cpu")
     open_ = (m[0, 0] == 0).int().tolist()
     assert open_ == [[1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0]]
+
+
+def test_compile_width_rounds_up_to_four_sizes_per_octave():
+    widths = [compile_width(w) for w in range(1, 20000)]
+    assert all(0 <= c - w < max(64, w / 4) for w, c in zip(range(1, 20000), widths))
+    assert len({compile_width(w) for w in range(4097, 8193)}) == 4
+    assert compile_width(600) == compile_width(640) == 640  # nearby lengths share one compiled shape
 
 
 @pytest.mark.parametrize("room", [512, 3])
@@ -53,3 +60,69 @@ def test_open_session_modes(tiny_model):
         open_session(tiny_model, video, "fastest")
     with pytest.raises(UserError, match="CUDA"):
         open_session(tiny_model, video, "graph")
+
+
+def test_compiled_decode_answers_like_plain_session(tiny_model):
+    """torch.compile'd decode step (the `compiled` mode; no CUDA graph on CPU): same tokens over two
+    turns, logits equal to float32 rounding, including a step that grows the buffer (a new shape)."""
+    video = random_video(tiny_model, 5, seed=4)
+    gen = GenerationConfig(max_new_tokens=10)
+    plain, compiled = Session(tiny_model, video), open_session(tiny_model, video, "compiled")
+    assert isinstance(compiled, StaticSession) and compiled.compile and not compiled.graph
+    for q in ["what is here?", "and after that?"]:
+        assert plain.ask(q, gen).token_ids == compiled.ask(q, gen).token_ids
+    plain, compiled = Session(tiny_model, video), StaticSession(tiny_model, video, room=2, compile=True)
+    ids = plain._prompt_ids("is there a cat?")
+    torch.testing.assert_close(compiled._prefill(ids, 0), plain._prefill(ids, 0), atol=1e-5, rtol=1e-5)
+    width = compiled.width
+    assert width == compile_width(width)
+    for tok in range(7, 9 + width - compiled.base - len(ids)):  # past the end of the first buffer
+        torch.testing.assert_close(compiled._decode(tok), plain._decode(tok), atol=1e-5, rtol=1e-5)
+    assert compiled.width > width
+
+
+def teacher_forced_logits(session, ids: list[int], tokens: list[int]) -> torch.Tensor:
+    """(1 + len(tokens), V) float32 logits after the prompt and after each of `tokens` fed in turn."""
+    out = [session._prefill(ids, len(tokens) + 1)]
+    out += [session._decode(t) for t in tokens]
+    return torch.cat(out).float().cpu()
+
+
+def greedy_tokens(session, ids: list[int], steps: int) -> list[int]:
+    """`steps` greedy tokens after the prompt (end-of-sequence not treated specially)."""
+    tokens = [int(session._prefill(ids, steps + 1).argmax())]
+    while len(tokens) < steps:
+        tokens.append(int(session._decode(tokens[-1]).argmax()))
+    return tokens
+
+
+def check_within_rounding(ckpt, tiny_model, device: str, four_bit: bool = False, steps: int = 32) -> None:
+    """The compiled decode against the plain one in bf16, judged by what bf16 itself costs.
+
+    Tokens: the float32 plain path's greedy answer, fed to every path. Rounding scale `r`: the
+    largest distance of the plain bf16 logits from the float32 ones. The compiled path must stay
+    within 2r (+ 1e-3) of the plain path on the same weights (bf16 or nf4), and pick the same
+    greedy token at every step where the plain top two logits are more than 4r apart (closer ties
+    may flip under any change of summation order, fused kernels included).
+    """
+    from vococli.model import load_model
+
+    f32 = load_model(ckpt, device=device, dtype="float32", vision=False)
+    bf16 = load_model(ckpt, device=device, dtype="bfloat16", vision=False)
+    model = load_model(ckpt, device=device, dtype="bfloat16", vision=False, load_4bit=True) if four_bit else bf16
+    video = random_video(tiny_model, 6, seed=2)
+    ids = Session(f32, video)._prompt_ids("what is here?")
+    tokens = greedy_tokens(Session(f32, video), ids, steps)
+    r = (teacher_forced_logits(Session(bf16, video), ids, tokens)
+         - teacher_forced_logits(Session(f32, video), ids, tokens)).abs().max().item()
+    plain = teacher_forced_logits(Session(model, video), ids, tokens)
+    compiled = teacher_forced_logits(open_session(model, video, "compiled"), ids, tokens)
+    assert (compiled - plain).abs().max().item() <= 2 * r + 1e-3
+    top = plain.topk(2, dim=-1).values
+    clear = (top[:, 0] - top[:, 1]) > 4 * r
+    assert clear.sum() >= steps // 4, (r, top[:, 0] - top[:, 1])  # enough steps to judge
+    assert torch.equal(compiled.argmax(-1)[clear], plain.argmax(-1)[clear])
+
+
+def test_compiled_decode_in_bf16_is_within_rounding(tiny_ckpt, tiny_model):
+    check_within_rounding(tiny_ckpt, tiny_model, "cpu")

@@ -53,6 +53,16 @@ def test_graph_decode_gives_the_plain_tokens(tiny_ckpt, tiny_model, four_bit):
         torch.testing.assert_close(graph._decode(tok), plain._decode(tok), atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.parametrize("four_bit", [False, True])
+def test_compiled_decode_gives_the_plain_tokens_within_rounding(tiny_ckpt, tiny_model, four_bit):
+    """--decode compiled on CUDA (torch.compile'd step inside a CUDA graph) against the plain path:
+    logits within twice bf16's own rounding, the same greedy token wherever the top two are not
+    tied within it (the rule in test_fast_decode.check_within_rounding)."""
+    from test_fast_decode import check_within_rounding
+
+    check_within_rounding(tiny_ckpt, tiny_model, "cuda", four_bit=four_bit)
+
+
 def test_compression_fast_path_bf16(tiny_ckpt):
     from test_equivalence import pixels_for
     from vococli.stage1 import compress_embeddings, frame_embeddings, image_features, prefill_frames

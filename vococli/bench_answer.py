@@ -156,9 +156,10 @@ def long_caches(cfg: BenchConfig, models: dict[str, VocoModel], bandwidth_gb_s: 
     rows = [] if rows is None else rows
     some = next(iter(models.values()))
     ids = some.tokenizer(QUESTION, add_special_tokens=False)["input_ids"]
-    paths = ["dynamic", "graph"] if cfg.device.type == "cuda" else ["dynamic", "static"]
+    cuda = cfg.device.type == "cuda"
+    paths = ["dynamic", "graph"] if cuda else ["dynamic", "static"]
     for minutes in cfg.minutes:
-        compiled = cfg.compile and minutes == max(cfg.minutes) and cfg.device.type == "cuda"
+        compiled = cfg.compile and minutes == max(cfg.minutes)
         frames = int(round(minutes * 60))
         video = random_cache(some, frames)
         for weights, lm in models.items():
@@ -177,7 +178,8 @@ def long_caches(cfg: BenchConfig, models: dict[str, VocoModel], bandwidth_gb_s: 
                         if path == "dynamic":
                             session = Session(lm, video)
                         else:  # the buffer is filled at the first prompt: do that inside the load time
-                            session = StaticSession(lm, video, graph=path == "graph", compile=path == "compiled",
+                            session = StaticSession(lm, video, graph=path == "graph" or (path == "compiled" and cuda),
+                                                    compile=path == "compiled",
                                                     room=len(ids) + cfg.answer_tokens + 24)
                             session._ensure_room(len(ids) + cfg.answer_tokens)
                         sync(cfg.device)

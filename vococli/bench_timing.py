@@ -26,7 +26,7 @@ class BenchConfig:
     answer_tokens: int = 64
     repeats: int = 3
     four_bit: bool = True
-    compile: bool = False  # also time the torch.compile'd decode step (longest cache only)
+    compile: bool = False  # also time the compiled decode path (longest cache only)
     sections: tuple[str, ...] = SECTIONS
 
 

@@ -31,9 +31,8 @@ def bench_command(
     answer_tokens: int = typer.Option(64, help="Tokens generated per answer (end-of-sequence ignored)."),
     repeats: int = typer.Option(3, help="Timed repetitions per measurement (the median is reported)."),
     four_bit: bool = typer.Option(True, "--4bit/--no-4bit", help="Also answer with the nf4 (bitsandbytes) model."),
-    compile: bool = typer.Option(False, "--compile", help="Also time a torch.compile'd decode step on the "
-                                 "longest cache (GPU; an experiment: answering does not offer it, see "
-                                 "docs/performance.md)."),
+    compile: bool = typer.Option(False, "--compile", help="Also time the compiled decode path "
+                                 "(`--decode compiled`) on the longest cache."),
     sections: str = typer.Option(",".join(("ceilings", "vision", "stage1", "compress", "table7", "long")),
                                  help="Comma-separated sections to run."),
     save: Optional[Path] = typer.Option(None, help="Also write the results to this JSON file."),

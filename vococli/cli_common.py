@@ -13,7 +13,8 @@ ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint folder (or hub i
 DeviceOpt = typer.Option("auto", help="cpu, cuda, cuda:1 ... (auto: GPU when present).")
 DtypeOpt = typer.Option("auto", help="float32, bfloat16 or float16 (auto: bf16 on GPU, fp32 on CPU).")
 DecodeOpt = typer.Option("auto", help="Answering path: dynamic (growing cache), static (pre-allocated cache), "
-                         "graph (static + CUDA-graph decode step); auto: graph on GPU, dynamic on CPU.")
+                         "graph (static + CUDA-graph decode step), compiled (graph with a torch.compile'd "
+                         "step; compiles once per process and cache size); auto: graph on GPU, dynamic on CPU.")
 
 
 def model_path(model: str | None) -> str:

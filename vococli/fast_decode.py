@@ -4,7 +4,9 @@
 keys/values and the room for the prompt and answer in one transformers `StaticCache` allocated
 up front; the attention mask always spans the whole buffer, so every decode step has the same
 shapes. On CUDA that step is captured once as a CUDA graph and replayed per token, which removes
-the Python and kernel-launch overhead that bounds decoding of a batch of one.
+the Python and kernel-launch overhead that bounds decoding of a batch of one. `compiled` also runs
+torch.compile on that step (fusing its small kernels); the compilation costs seconds to a minute
+once per process and buffer size, so it pays off over many answers (chat, eval).
 """
 
 from __future__ import annotations
@@ -18,8 +20,15 @@ from .layout import additive_mask
 from .model import VocoModel
 from .video_cache import VideoCache
 
-DECODE_MODES = ("auto", "dynamic", "static", "graph")
+DECODE_MODES = ("auto", "dynamic", "static", "graph", "compiled")
 MIN_ROOM = 512  # tokens of prompt and answer the buffer holds beyond the video at first
+
+
+def compile_width(width: int) -> int:
+    """`width` rounded up to one of four sizes per power of two (at most 25% more), so that videos
+    of similar length share one compiled decode step instead of compiling one each."""
+    step = max(64, 1 << max(0, width.bit_length() - 3))
+    return -(-width // step) * step
 
 
 def static_mask(used: int, new: int, width: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -33,16 +42,18 @@ class StaticSession(Session):
     """A conversation over one video cache held in a pre-allocated buffer.
 
     `graph=True` (CUDA only) replays the decode step as a captured CUDA graph. `compile=True`
-    (used by `vococli bench --compile` only) also runs torch.compile on that step first: it is
-    faster, but its greedy tokens have not been shown equal to the plain path's (on a random
-    bf16 test model they diverged at the third token), so answering does not offer it.
+    runs the decode step through torch.compile (inside the graph when there is one). Its logits
+    equal the plain path's within rounding: float32 to 1e-5, bf16 within the plain path's own
+    distance from float32; greedy tokens can differ only where the top two logits tie within
+    that rounding (tests/test_fast_decode.py, tests/test_gpu.py).
     """
 
     def __init__(self, model: VocoModel, video: VideoCache, system: str | None = None, graph: bool = False,
                  room: int = MIN_ROOM, compile: bool = False):
-        if (graph or compile) and model.device.type != "cuda":
+        if graph and model.device.type != "cuda":
             raise UserError("graph decoding needs a CUDA device")
-        self.graph, self.compile = graph or compile, compile
+        self.graph, self.compile = graph, compile
+        self.step_forward = torch.compile(model.lm, dynamic=False) if compile else model.lm
         self.base = video.n_frames * model.layout.k
         self.min_room = room
         self.decoder: GraphDecoder | None = None
@@ -59,6 +70,8 @@ class StaticSession(Session):
         plus one). The old buffer is copied and freed one layer at a time, so growing needs one
         layer's worth of extra memory, not a second cache."""
         width = self.base + max(room, self.used + 1)
+        if self.compile:
+            width = compile_width(width)
         cache = StaticCache(config=self.model.text_config, max_cache_len=width)
         if self.cache is None:
             for i, (ki, vi) in enumerate(self.video.layer_states(self.model)):
@@ -70,7 +83,7 @@ class StaticSession(Session):
                 cache.update(layer.keys[:, :, :filled], layer.values[:, :, :filled], i)
                 layer.keys = layer.values = None  # free as we go
         self.cache, self.width = cache, width
-        self.decoder = GraphDecoder(self.model, cache, width, self.compile) if self.graph else None
+        self.decoder = GraphDecoder(self.model, cache, width, self.step_forward) if self.graph else None
 
     def _ensure_room(self, tokens: int) -> None:
         if self.cache is None:
@@ -80,14 +93,15 @@ class StaticSession(Session):
 
     # the two forwards
 
-    def _forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, forward=None) -> torch.Tensor:
         n = ids.shape[1]
         dev = self.model.device
         positions = torch.arange(self.next_pos, self.next_pos + n, device=dev).view(1, n)
         mask = static_mask(self.base + self.used, n, self.width, self.model.dtype, dev)
         with torch.inference_mode():
-            out = self.model.lm(input_ids=ids.to(dev), position_ids=positions, attention_mask=mask,
-                                past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+            forward = self.model.lm if forward is None else forward
+            out = forward(input_ids=ids.to(dev), position_ids=positions, attention_mask=mask,
+                          past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         self.used += n
         return out.logits[:, -1].float()
 
@@ -98,7 +112,7 @@ class StaticSession(Session):
     def _decode(self, token: int) -> torch.Tensor:
         self._ensure_room(1)
         if self.decoder is None:
-            return self._forward(torch.tensor([[token]]))
+            return self._forward(torch.tensor([[token]]), self.step_forward)
         logits = self.decoder.step(token, self.base + self.used, self.next_pos)
         self.used += 1
         return logits
@@ -111,9 +125,9 @@ class GraphDecoder:
     logits into a static tensor; the cache's own write position advances inside the graph.
     """
 
-    def __init__(self, model: VocoModel, cache: StaticCache, width: int, compile: bool = False):
+    def __init__(self, model: VocoModel, cache: StaticCache, width: int, forward=None):
         self.model, self.cache = model, cache
-        self.forward = torch.compile(model.lm, dynamic=False) if compile else model.lm
+        self.forward = model.lm if forward is None else forward  # the model's forward, or its torch.compile'd version
         dev = model.device
         self.ids = torch.zeros((1, 1), dtype=torch.long, device=dev)
         self.pos = torch.zeros((1, 1), dtype=torch.long, device=dev)
@@ -181,10 +195,13 @@ def check_decode(decode: str) -> str:
 
 
 def open_session(model: VocoModel, video: VideoCache, decode: str = "auto", system: str | None = None) -> Session:
-    """The session for `--decode`: auto = graph on CUDA, dynamic elsewhere."""
+    """The session for `--decode`: auto = graph on CUDA, dynamic elsewhere; compiled = the static
+    buffer with a torch.compile'd decode step, captured as a CUDA graph on CUDA."""
     check_decode(decode)
+    cuda = model.device.type == "cuda"
     if decode == "auto":
-        decode = "graph" if model.device.type == "cuda" else "dynamic"
+        decode = "graph" if cuda else "dynamic"
     if decode == "dynamic":
         return Session(model, video, system)
-    return StaticSession(model, video, system, graph=decode == "graph")
+    compiled = decode == "compiled"
+    return StaticSession(model, video, system, graph=decode == "graph" or (compiled and cuda), compile=compiled)
