@@ -94,7 +94,7 @@ def test_rotated_keys_equal_keys_computed_at_offset(model):
         cache = DynamicCache(config=model.text_config)
         pos = torch.arange(embeds.shape[1]).view(1, -1) + shift
         with torch.inference_mode():
-            model.language_model(inputs_embeds=embeds, position_ids=pos, past_key_values=cache, use_cache=True)
+            model.language_model(inputs_embeds=embeds, position_ids=pos, cache=cache, use_cache=True)
         got[shift] = torch.stack([layer.keys for layer in cache.layers])  # (L, 1, H, S, D)
     # got[0] is (L, 1, H, S, D): read the batch axis as one frame T=1 and the sequence as its tokens
     rotated = rotate_keys(got[0], torch.tensor([37]), model.language_model.rotary_emb)

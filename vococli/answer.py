@@ -60,7 +60,7 @@ def forward_tokens(model: VocoModel, ids: torch.Tensor, cache, start_pos: int, a
     positions = torch.arange(start_pos, start_pos + n, device=model.device).view(1, n)
     mask = decode_mask(past, n, model.dtype).to(model.device)
     out = model.lm(input_ids=ids.to(model.device), position_ids=positions, attention_mask=mask,
-                   past_key_values=cache, use_cache=True, logits_to_keep=0 if all_logits else 1)
+                   cache=cache, use_cache=True, logits_to_keep=0 if all_logits else 1)
     return out.logits.float() if all_logits else out.logits[:, -1].float()
 
 

@@ -108,12 +108,12 @@ def table7(cfg: BenchConfig, model: VocoModel, lm: VocoModel) -> list[dict]:
         cache = DynamicCache(config=lm.text_config)
         seq = torch.cat([image_embeds, q_embeds], 1)
         with torch.inference_mode():
-            out = lm.lm(inputs_embeds=seq, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = lm.lm(inputs_embeds=seq, cache=cache, use_cache=True, logits_to_keep=1)
         generate(cache, lambda: out.logits[:, -1], seq.shape[1], count)
 
     with torch.inference_mode():
         full = DynamicCache(config=lm.text_config)
-        lm.lm(inputs_embeds=image_embeds, past_key_values=full, use_cache=True, logits_to_keep=1)
+        lm.lm(inputs_embeds=image_embeds, cache=full, use_cache=True, logits_to_keep=1)
         image_kv = [(layer.keys.clone(), layer.values.clone()) for layer in full.layers]
 
     def image_cached(count):

@@ -27,12 +27,7 @@ def model_path(model: str | None) -> str:
 
 
 def quiet_transformers() -> None:
-    import warnings
-
     import transformers
-
-    # transformers >= 5.24 renames the cache argument; both spellings work until 5.40 (pinned below it)
-    warnings.filterwarnings("ignore", message=r".*past_key_values.*deprecated", category=FutureWarning)
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()

@@ -101,7 +101,7 @@ class StaticSession(Session):
         with torch.inference_mode():
             forward = self.model.lm if forward is None else forward
             out = forward(input_ids=ids.to(dev), position_ids=positions, attention_mask=mask,
-                          past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+                          cache=self.cache, use_cache=True, logits_to_keep=1)
         self.used += n
         return out.logits[:, -1].float()
 
@@ -137,7 +137,7 @@ class GraphDecoder:
 
     def _run(self) -> torch.Tensor:
         out = self.forward(input_ids=self.ids, position_ids=self.pos, attention_mask=self.mask,
-                           past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+                           cache=self.cache, use_cache=True, logits_to_keep=1)
         return out.logits[:, -1].float()
 
     def _set(self, token: int, filled: int, pos: int) -> None:

@@ -52,7 +52,7 @@ def prefill_frames(model: VocoModel, embeds: torch.Tensor, shift: torch.Tensor,
     mask = additive_mask(frame_allowed(lay, mode), embeds.dtype).to(dev).expand(n, 1, fl, fl)
     cache = DynamicCache(config=model.text_config)
     model.language_model(inputs_embeds=embeds, position_ids=positions, attention_mask=mask,
-                         past_key_values=cache, use_cache=True)
+                         cache=cache, use_cache=True)
     keep = text_visible(lay, mode).to(dev)
     return [layer.keys[:, :, keep] for layer in cache.layers], [layer.values[:, :, keep] for layer in cache.layers]
 

@@ -105,7 +105,7 @@ def text_hidden(model: VocoModel, state: FrameState, ids: torch.Tensor, lengths:
     positions = (text_start(lay, 0) + frames * lay.k)[:, None] + t[None, :]
     embeds = model.language_model.get_input_embeddings()(ids)
     out = model.language_model(inputs_embeds=embeds, position_ids=positions, attention_mask=mask,
-                               past_key_values=cache, use_cache=True)
+                               cache=cache, use_cache=True)
     return out.last_hidden_state
 
 
