@@ -36,6 +36,28 @@ def test_table7_cache_sizes_follow_the_token_counts(bench_result):
     assert b["cache_mib"] / c["cache_mib"] == pytest.approx(9, rel=0.05)
 
 
+def test_bench_compile_times_the_compiled_paths_and_restores_the_model():
+    """--compile adds stage 1 with compiled layers (same keys/values) and the compiled decode path
+    on the longest cache; afterwards the layers run their own forward again."""
+    cfg = BenchConfig(preset="tiny", sections=("stage1", "long"), minutes=(0.1, 0.2), answer_tokens=4,
+                      repeats=1, compile=True, four_bit=False)
+    r = run_bench(cfg)
+    s = r["compression"]["stage1"]
+    assert s["compiled_frames_s"] > 0 and s["compiled_max_diff"] < 1e-5
+    assert [(x["minutes"], x["path"]) for x in r["long"]] == [
+        (0.1, "dynamic"), (0.1, "static"), (0.2, "dynamic"), (0.2, "static"), (0.2, "compiled")]
+    assert all("error" not in x for x in r["long"]), r["long"]
+
+
+def test_compiled_layers_are_undone(tiny_model):
+    from vococli.bench import compiled_layers
+
+    layers = tiny_model.language_model.layers
+    with compiled_layers(tiny_model):
+        assert "forward" in vars(layers[0]) and "forward" not in vars(layers[-1])
+    assert all("forward" not in vars(layer) for layer in layers)
+
+
 def test_kv_bytes():
     class M:  # a 7B-shaped model in bf16: 1 MiB per frame at K=2
         text_config = type("C", (), {"num_hidden_layers": 32, "num_key_value_heads": 32, "hidden_size": 4096,

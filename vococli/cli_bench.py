@@ -32,7 +32,8 @@ def bench_command(
     repeats: int = typer.Option(3, help="Timed repetitions per measurement (the median is reported)."),
     four_bit: bool = typer.Option(True, "--4bit/--no-4bit", help="Also answer with the nf4 (bitsandbytes) model."),
     compile: bool = typer.Option(False, "--compile", help="Also time the compiled decode path "
-                                 "(`--decode compiled`) on the longest cache."),
+                                 "(`--decode compiled`) on the longest cache, and stage 1 with its layers "
+                                 "compiled."),
     sections: str = typer.Option(",".join(("ceilings", "vision", "stage1", "compress", "table7", "long")),
                                  help="Comma-separated sections to run."),
     save: Optional[Path] = typer.Option(None, help="Also write the results to this JSON file."),
@@ -131,11 +132,16 @@ def print_section(name: str, value) -> None:
             s = value["stage1"]
             rows.append({"what": "stage 1, general prefill (baseline)", "frames_s": s["plain_frames_s"],
                          "peak_gib": s["plain_peak_gib"]})
+            if "compiled_frames_s" in s:
+                rows.append({"what": "stage 1, layers compiled (--compile)", "frames_s": s["compiled_frames_s"]})
         wide.print(_table(f"Compression, batch {value['batch']}", rows,
                          [("what", "stage"), ("frames_s", "frames/s"), ("tflops", "TFLOP/s"),
                           ("share_of_matmul", "of matmul ceiling"), ("peak_gib", "extra GiB")]))
         if "stage1" in value:
-            out.print(f"stage 1: {value['stage1']['speedup']}x the general prefill")
+            s = value["stage1"]
+            out.print(f"stage 1: {s['speedup']}x the general prefill"
+                      + (f"; compiled: {s['compiled_speedup']}x the fast path (compiled in {s['compile_s']} s, "
+                         f"largest key/value difference {s['compiled_max_diff']:.2g})" if "compiled_speedup" in s else ""))
     elif name == "compress_video":
         out.print(f"compress (end to end, {value['video']}): {value['frames']} frames in {value['seconds']} s = "
                   f"{value['frames_s']} frames/s ({value['backend']}); an hour at 1 fps would take "
