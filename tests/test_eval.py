@@ -142,6 +142,25 @@ def test_other_settings_are_refused_and_scores_written(dataset, reference):
     assert r.returncode == 0 and "overall" in r.stdout
 
 
+def test_four_bit_answering_is_its_own_run(dataset, reference, tmp_path):
+    """--load-4bit answers with an nf4 language model from the same (shared) caches; the run record
+    says so, and a full-precision run folder refuses to continue in 4-bit."""
+    root, qa = dataset
+    ref_out, _ = reference
+    out = tmp_path / "q4"
+    r = run(*eval_args(root, out, "--cache-dir", ref_out.parent / "caches", "--load-4bit", "--limit", "12"))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["answered"] + summary["errors"] == 12 and summary["frames_compressed"] == 0
+    assert json.loads((out / "run.json").read_text())["answer_weights"] == "nf4"
+    assert json.loads((ref_out / "run.json").read_text())["answer_weights"] == "full"
+    full = {x["id"]: x.get("pred") for x in lines(ref_out / "predictions.jsonl")}
+    q4 = [x for x in lines(out / "predictions.jsonl") if "pred" in x]
+    assert q4 and sum(full[x["id"]] == x["pred"] for x in q4) >= len(q4) * 0.7, q4
+    r = run(*eval_args(root, ref_out, "--load-4bit"))
+    assert r.returncode == 1 and "different answer_weights" in r.stderr
+
+
 def test_bad_input_is_one_line(dataset, tmp_path):
     root, _ = dataset
     r = run("eval", "msvd", "--qa", tmp_path / "none.json", "--videos", root / "videos", "--out", tmp_path / "o")

@@ -43,6 +43,8 @@ def eval_command(
         None, help="Frames per forward pass while compressing (default: from free GPU memory; 8 on CPU)."),
     retry_errors: bool = typer.Option(False, help="Ask again the questions whose video failed in an earlier run."),
     decode: str = DecodeOpt,
+    load_4bit: bool = typer.Option(False, "--load-4bit", help="Answer with the language model in 4-bit nf4 "
+                                   "(bitsandbytes); videos are still compressed at full precision."),
     cache_dtype: str = typer.Option("auto", help="Storage of the cached keys/values: auto (the model's dtype) "
                                     "or int8."),
     device: str = DeviceOpt,
@@ -75,6 +77,8 @@ def eval_command(
     annotations = [p for p in (qa, questions, answers) if p is not None]
     quiet_transformers()
     m = load_model(model_path(model), device=device, dtype=dtype, voco_tokens=voco_tokens)
+    answerer = (load_model(model_path(model), device=device, dtype=dtype, voco_tokens=voco_tokens, vision=False,
+                           load_4bit=True) if load_4bit else None)
     cfg = EvalConfig(dataset=dataset, videos=videos, out=out_dir, cache_dir=cache_dir,
                      sampling=Sampling(fps=fps, max_frames=max_frames),
                      suffix=DEFAULT_SUFFIX if suffix is None else suffix, max_new_tokens=max_new_tokens,
@@ -91,7 +95,7 @@ def eval_command(
             m, items, cfg, annotations, detected,
             on_video=lambda d, n: progress.update(vt, completed=d, total=n, rate=v_rate(d)),
             on_item=lambda d, n: progress.update(qt, completed=d, total=n, rate=q_rate(d)),
-            notice=lambda s: err.print(s))
+            notice=lambda s: err.print(s), answerer=answerer)
     if as_json:
         out.print_json(json.dumps({"out": str(out_dir), **summary.__dict__}))
         return

@@ -38,8 +38,8 @@ PREDICTIONS = "predictions.jsonl"
 RUN_FILE = "run.json"
 DEFAULT_SUFFIX = SHORT_ANSWER_SUFFIX
 # run.json fields that must match for a rerun to continue the same predictions file
-SAME_RUN_KEYS = ("dataset", "annotations", "model_fingerprint", "k", "sampling", "cache_dtype", "prompt",
-                 "generation")
+SAME_RUN_KEYS = ("dataset", "annotations", "model_fingerprint", "k", "sampling", "cache_dtype",
+                 "answer_weights", "prompt", "generation")
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,13 @@ def versions() -> dict:
             "transformers": transformers.__version__, "numpy": numpy.__version__}
 
 
-def run_record(model: VocoModel, cfg: EvalConfig, annotations: list[Path], fmt: str) -> dict:
+def answer_weights(model: VocoModel) -> str:
+    """"nf4" when the answering model's decoder is 4-bit, else "full" (the model's dtype)."""
+    return "nf4" if any("4bit" in type(m).__name__.lower() for m in model.lm.modules()) else "full"
+
+
+def run_record(model: VocoModel, cfg: EvalConfig, annotations: list[Path], fmt: str,
+               answerer: VocoModel | None = None) -> dict:
     template = model.tokenizer.chat_template or ""
     return {
         "format": RUN_FORMAT, "format_version": RUN_VERSION, "dataset": cfg.dataset, "annotation_format": fmt,
@@ -91,6 +97,7 @@ def run_record(model: VocoModel, cfg: EvalConfig, annotations: list[Path], fmt: 
         "model_path": str(model.path), "model_fingerprint": model.fingerprint, "k": model.layout.k,
         "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
         "sampling": cfg.sampling.to_dict(), "cache_dtype": cfg.cache_dtype,
+        "answer_weights": answer_weights(answerer or model),
         "prompt": {"suffix": cfg.suffix, "chat_template": template,
                    "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()},
         "generation": {"max_new_tokens": cfg.max_new_tokens, "temperature": 0.0, "decoding": "greedy"},
@@ -115,6 +122,8 @@ def _comparable(value, key: str):
         return sorted(a.get("sha256") for a in value)  # the same files moved elsewhere are the same run
     if key == "cache_dtype" and value is None:
         return "auto"  # run records written before the option existed
+    if key == "answer_weights" and value is None:
+        return "full"
     return value
 
 
@@ -175,11 +184,17 @@ def group_by_video(items: list[QAItem]) -> list[tuple[str, list[QAItem]]]:
 def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations: list[Path], fmt: str,
              on_video: Callable[[int, int], None] | None = None,
              on_item: Callable[[int, int], None] | None = None,
-             notice: Callable[[str], None] = print) -> EvalSummary:
-    """Answer every question of `items` not yet in `<out>/predictions.jsonl`, video by video."""
+             notice: Callable[[str], None] = print, answerer: VocoModel | None = None) -> EvalSummary:
+    """Answer every question of `items` not yet in `<out>/predictions.jsonl`, video by video.
+
+    `model` (with its vision tower) compresses; `answerer` (default: `model`), a language-model-only
+    load of the same checkpoint, e.g. in 4-bit, answers."""
     t0 = time.perf_counter()
+    answerer = answerer or model
+    if answerer.fingerprint != model.fingerprint:
+        raise UserError("the answering model must be the compressing model's checkpoint")
     cfg.out.mkdir(parents=True, exist_ok=True)
-    record = run_record(model, cfg, annotations, fmt)
+    record = run_record(model, cfg, annotations, fmt, answerer)
     run_file, pred_file = cfg.out / RUN_FILE, cfg.out / PREDICTIONS
     if run_file.exists():
         check_same_run(run_file, record)
@@ -228,7 +243,7 @@ def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations
                     if on_item:
                         on_item(n_done0 + summary.answered + summary.errors, len(items))
                 continue
-            session = open_session(model, video, cfg.decode)
+            session = open_session(answerer, video, cfg.decode)
             for q in questions:
                 session.reset()
                 ans = session.ask(q.question + cfg.suffix, gen)
