@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import REALDATA, ROOT
 
 CLIP = ROOT / "video" / "pancake.mkv"
 
@@ -81,3 +81,13 @@ def test_user_errors_exit_1_with_one_line(tmp_path, tiny_ckpt):
         assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
         assert "Traceback" not in r.stderr
     assert run("ask", "--no-such-flag").returncode == 1
+
+
+CORRUPT = REALDATA / "videos" / "decord_corrupted.mp4"
+
+
+@pytest.mark.skipif(not CORRUPT.exists(), reason="real damaged clip not present")
+def test_damaged_video_gives_one_note_not_ffmpeg_noise(tiny_ckpt, tmp_path):
+    r = run("compress", CORRUPT, "-o", tmp_path / "c.voco", "--model", tiny_ckpt)
+    assert r.returncode == 0, r.stderr
+    assert "could not be decoded" in r.stderr and "[h264" not in r.stderr, r.stderr

@@ -9,6 +9,7 @@ fails mid-stream. PyAV does not apply display rotation, so that path rotates fra
 
 from __future__ import annotations
 
+import os
 import math
 import warnings
 from dataclasses import dataclass
@@ -125,6 +126,9 @@ class VideoReader:
         try:
             import decord
 
+            # FFmpeg's own messages about damaged packets: frames lost are reported by compress
+            decord.logging.set_level(decord.logging.WARNING if os.environ.get("VOCOCLI_DEBUG")
+                                     else decord.logging.QUIET)
             vr = decord.VideoReader(str(self.path), num_threads=0)
             if len(vr) == len(self.timestamps):
                 self._decord, self.backend = vr, "decord"
