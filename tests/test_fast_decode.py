@@ -83,9 +83,9 @@ def test_compiled_decode_answers_like_plain_session(tiny_model):
 
 def teacher_forced_logits(session, ids: list[int], tokens: list[int]) -> torch.Tensor:
     """(1 + len(tokens), V) float32 logits after the prompt and after each of `tokens` fed in turn."""
-    out = [session._prefill(ids, len(tokens) + 1)]
-    out += [session._decode(t) for t in tokens]
-    return torch.cat(out).float().cpu()
+    out = [session._prefill(ids, len(tokens) + 1).float().cpu().clone()]
+    out += [session._decode(t).float().cpu().clone() for t in tokens]
+    return torch.cat(out)
 
 
 def greedy_tokens(session, ids: list[int], steps: int) -> list[int]:

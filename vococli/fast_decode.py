@@ -185,7 +185,7 @@ class GraphDecoder:
             self.graph.replay()
         self.filled += 1  # the mask now has to open this slot for the next token too
         self.mask[..., self.filled] = 0
-        return self.logits
+        return self.logits.clone()  # the graph overwrites its output tensor at the next replay
 
 
 def check_decode(decode: str) -> str:
