@@ -83,12 +83,13 @@ def test_resume_computes_no_frame_twice(tiny_model, tmp_path, monkeypatch):
 
 
 def test_a_failed_chunk_write_stops_compress_and_keeps_the_chunks_before(tiny_model, tmp_path, monkeypatch):
-    """Chunks are written in a background thread: a write error (a full disk) reaches the caller,
-    no later chunk is written after the gap, and a rerun resumes after the last good chunk."""
+    """A write error (a full disk, leaving a partial temporary file) reaches the caller, and a rerun
+    cleans up and resumes after the last good chunk."""
     real = CacheWriter.write
 
     def disk_full_at_chunk_1(self, *args):
         if self.next_chunk == 1:
+            chunk_path(self.root, 1).with_suffix(".tmp").write_bytes(b"partial")
             raise OSError(28, "No space left on device")
         return real(self, *args)
 
@@ -96,10 +97,48 @@ def test_a_failed_chunk_write_stops_compress_and_keeps_the_chunks_before(tiny_mo
     out = tmp_path / "full.voco"
     with pytest.raises(OSError, match="No space"):
         compress_video(tiny_model, CLIP, out, SAMPLING, batch_size=4, chunk_frames=4, notice=lambda s: None)
-    assert [p.name for p in sorted(out.glob("chunk-*"))] == ["chunk-00000.safetensors"]
+    assert [p.name for p in sorted(out.glob("chunk-*"))] == ["chunk-00000.safetensors", "chunk-00001.tmp"]
     monkeypatch.setattr(CacheWriter, "write", real)
     res = compress_video(tiny_model, CLIP, out, SAMPLING, batch_size=4, chunk_frames=4, notice=lambda s: None)
     assert res.computed == 21 - 4 and load_cache(out).n_frames == 21
+    assert not list(out.glob("*.tmp"))
+
+
+def test_no_chunk_is_written_after_a_failed_one(tmp_path, monkeypatch):
+    """Chunk 1's write fails while chunk 2 is already queued: chunk 2 must not be written (it would
+    take chunk 1's place), and the error reaches the caller when the block ends."""
+    import threading
+
+    real = CacheWriter.write
+    queued = threading.Event()
+    calls = []
+
+    def fail_once_after_the_next_is_queued(self, *args):
+        calls.append(self.next_chunk)
+        if len(calls) == 2:
+            assert queued.wait(10)
+            raise OSError(5, "I/O error")
+        return real(self, *args)
+
+    monkeypatch.setattr(CacheWriter, "write", fail_once_after_the_next_is_queued)
+    writer = CacheWriter(tmp_path / "gap.voco", {"k": 1})
+    chunk = torch.zeros(2, 3, 1, 1, 4)
+    with pytest.raises(OSError, match="I/O error"), ChunkQueue(writer, depth=2) as chunk_queue:
+        for i in range(3):
+            chunk_queue.submit(chunk + i, chunk - i, [float(i)] * 3, 3 * (i + 1), 0, final=False)
+        queued.set()
+    assert calls == [0, 1] and [p.name for p in sorted(writer.root.iterdir())] == ["chunk-00000.safetensors"]
+
+
+def test_a_caller_error_keeps_the_write_error_as_a_note(tmp_path, monkeypatch):
+    def broken(self, *args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(CacheWriter, "write", broken)
+    with pytest.raises(Interrupt) as caught, ChunkQueue(CacheWriter(tmp_path / "n.voco", {"k": 1})) as chunk_queue:
+        chunk_queue.submit(torch.zeros(1, 1, 1, 1, 2), torch.zeros(1, 1, 1, 1, 2), [0.0], 1, 0, final=False)
+        raise Interrupt
+    assert "No space" in " ".join(caught.value.__notes__)
 
 
 def test_chunk_queue_writes_in_order_and_drains_when_the_caller_fails(tmp_path):
@@ -107,9 +146,9 @@ def test_chunk_queue_writes_in_order_and_drains_when_the_caller_fails(tmp_path):
     writer = CacheWriter(tmp_path / "q.voco", {"k": 1})
     shape = (2, 3, 1, 1, 4)
     chunks = [torch.full(shape, float(i)) for i in range(4)]
-    with pytest.raises(Interrupt), ChunkQueue(writer) as queue:
+    with pytest.raises(Interrupt), ChunkQueue(writer) as chunk_queue:
         for i, c in enumerate(chunks):
-            queue.submit(c, -c, [float(i)] * 3, 3 * (i + 1), 0, final=False)
+            chunk_queue.submit(c, -c, [float(i)] * 3, 3 * (i + 1), 0, final=False)
         raise Interrupt
     from safetensors.torch import load_file
 

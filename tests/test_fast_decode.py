@@ -65,6 +65,11 @@ def test_open_session_modes(tiny_model):
 def test_compiled_decode_answers_like_plain_session(tiny_model):
     """torch.compile'd decode step (the `compiled` mode; no CUDA graph on CPU): same tokens over two
     turns, logits equal to float32 rounding, including a step that grows the buffer (a new shape)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # compile here, whatever earlier tests compiled
+    graphs = counters["stats"]["unique_graphs"]
     video = random_video(tiny_model, 5, seed=4)
     gen = GenerationConfig(max_new_tokens=10)
     plain, compiled = Session(tiny_model, video), open_session(tiny_model, video, "compiled")
@@ -79,6 +84,7 @@ def test_compiled_decode_answers_like_plain_session(tiny_model):
     for tok in range(7, 9 + width - compiled.base - len(ids)):  # past the end of the first buffer
         torch.testing.assert_close(compiled._decode(tok), plain._decode(tok), atol=1e-5, rtol=1e-5)
     assert compiled.width > width
+    assert counters["stats"]["unique_graphs"] - graphs >= 2  # the steps were compiled: a graph per width
 
 
 def teacher_forced_logits(session, ids: list[int], tokens: list[int]) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 
 from .arch import answering_model, random_model
 from .bench_answer import long_caches, table7
-from .bench_timing import BenchConfig, PeakMemory, gib, module_bytes, timed
+from .bench_timing import BenchConfig, PeakMemory, gib, module_bytes, sync, timed
 from .model import VocoModel
 from .stage1 import compress_embeddings, frame_embeddings, image_features, prefill_frames
 
@@ -83,13 +83,17 @@ def compiled_layers(model: VocoModel):
     k/v projection hooks are traced into the compiled layers. Measured by `bench --compile`
     only; compress does not use it."""
     layers = model.language_model.layers[:-1]
+    before = [vars(layer).get("forward") for layer in layers]  # a forward set on the instance (hooks)
     for layer in layers:
         layer.forward = torch.compile(layer.forward, dynamic=False)
     try:
         yield
     finally:
-        for layer in layers:
-            del layer.forward  # back to the class's forward
+        for layer, forward in zip(layers, before):
+            if forward is None:
+                del layer.forward  # back to the class's forward
+            else:
+                layer.forward = forward
 
 
 def compression(cfg: BenchConfig, model: VocoModel, matmul_tflops: float | None, batch: int) -> dict:
@@ -127,8 +131,10 @@ def compiled_stage1(cfg: BenchConfig, model: VocoModel, embeds: torch.Tensor, t_
     dev, batch = cfg.device, embeds.shape[0]
     keys, values = compress_embeddings(model, embeds)
     with compiled_layers(model):
+        sync(dev)
         t0 = time.perf_counter()
         ck, cv = compress_embeddings(model, embeds)  # compiles
+        sync(dev)
         compile_s = time.perf_counter() - t0
         t = timed(lambda: compress_embeddings(model, embeds), dev, cfg.repeats)
     diff = max((ck - keys).abs().max().item(), (cv - values).abs().max().item())

@@ -163,6 +163,8 @@ class CacheWriter:
             raise UserError(f"{self.root}: exists and is not a vococli cache; not removing it")
 
     def _resume(self) -> None:
+        for tmp in self.root.glob("chunk-*.tmp"):  # a write cut short (the process was killed)
+            tmp.unlink()
         chunks = list_chunks(self.root)
         if not chunks:
             if any(self.root.iterdir()):
@@ -186,16 +188,20 @@ class CacheWriter:
         """Append one chunk: keys/values (L, F, Hkv, K, D) of F frames."""
         meta = dict(self.meta, chunk=self.next_chunk, frame_start=self.frames_done, frames=int(keys.shape[1]),
                     targets_done=int(targets_done), frames_lost=int(lost), final=bool(final))
-        tensors = {"keys": keys, "values": values}
-        if storage(self.meta) == "int8":  # where the keys are (the GPU in compress): fewer bytes to copy
-            tensors["keys"], tensors["keys_scale"] = quantize_int8(keys)
-            tensors["values"], tensors["values_scale"] = quantize_int8(values)
-        tensors = {n: t.contiguous().cpu() for n, t in tensors.items()}
+        tensors = {"keys": keys.cpu(), "values": values.cpu()}
+        if storage(self.meta) == "int8":
+            tensors["keys"], tensors["keys_scale"] = quantize_int8(tensors["keys"])
+            tensors["values"], tensors["values_scale"] = quantize_int8(tensors["values"])
+        tensors = {n: t.contiguous() for n, t in tensors.items()}
         tensors["timestamps"] = torch.tensor(timestamps, dtype=torch.float64)
         path = chunk_path(self.root, self.next_chunk)
         tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata={"vococli": json.dumps(meta)})
-        os.replace(tmp, path)
+        try:
+            save_file(tensors, str(tmp), metadata={"vococli": json.dumps(meta)})
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a partial file would block every rerun
+            raise
         self.next_chunk += 1
         self.frames_done += int(keys.shape[1])
         self.targets_done, self.lost, self.finished = int(targets_done), int(lost), bool(final)
@@ -204,11 +210,13 @@ class CacheWriter:
 class ChunkQueue:
     """Writes a CacheWriter's chunks in order in a background thread, at most `depth` waiting.
 
-    `submit` takes the same arguments as `CacheWriter.write`; tensors may still be on the GPU (the
-    thread copies them to the host). Leaving the `with` block waits until every submitted chunk is
-    on disk, also when the block raises, so nothing computed is lost. After a failed write no later
-    chunk is written (there would be a gap) and the error is raised in the caller: at the next
-    `submit`, or when the block ends.
+    `submit` takes the same arguments as `CacheWriter.write`. Tensors on a GPU are copied at
+    once into pinned host memory, asynchronously on the caller's stream, so their GPU memory is
+    free again for the next batches; the thread waits for that copy before it writes. Leaving the
+    `with` block waits until every submitted chunk is on disk, also when the block raises, so
+    nothing computed is lost. After a failed write no later chunk is written (there would be a
+    gap) and the error is raised in the caller: at the next `submit`, or when the block ends (as
+    a note on the caller's own exception if it raised too).
     """
 
     def __init__(self, writer: CacheWriter, depth: int = 1):
@@ -220,12 +228,15 @@ class ChunkQueue:
 
     def _work(self) -> None:
         while (job := self._jobs.get()) is not None:
+            copied, args = job
             if self._error is None:
                 try:
-                    with torch.inference_mode():
-                        self.writer.write(*job)
+                    if copied is not None:
+                        copied.synchronize()
+                    self.writer.write(*args)
                 except BaseException as e:  # handed to the caller
                     self._error = e
+            del job, args  # do not hold this chunk while waiting for the next
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -234,7 +245,12 @@ class ChunkQueue:
     def submit(self, keys: torch.Tensor, values: torch.Tensor, timestamps: list[float], targets_done: int,
                lost: int, final: bool) -> None:
         self._raise()
-        self._jobs.put((keys, values, timestamps, targets_done, lost, final))
+        copied = None
+        if keys.is_cuda:
+            keys, values = _to_pinned(keys), _to_pinned(values)
+            copied = torch.cuda.Event()
+            copied.record()  # on the caller's stream, after both copies
+        self._jobs.put((copied, (keys, values, timestamps, targets_done, lost, final)))
 
     def __enter__(self) -> ChunkQueue:
         return self
@@ -244,3 +260,10 @@ class ChunkQueue:
         self._thread.join()
         if exc_type is None:
             self._raise()
+        elif self._error is not None:
+            exc.add_note(f"also, writing a chunk failed: {type(self._error).__name__}: {self._error}")
+
+
+def _to_pinned(t: torch.Tensor) -> torch.Tensor:
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    return host.copy_(t, non_blocking=True)

@@ -104,11 +104,12 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
         return compress_pixels(model, to_pixels(frames, model.image, model.device, model.dtype))
 
     # frames are read in batches no larger than a chunk, so a chunk is written as soon as it is
-    # full; the decoded arrays are dropped once copied (to pinned memory on CUDA). Results stay on
-    # the model's device until the chunk queue copies them, so the loop never waits for a copy.
+    # full; the decoded arrays are dropped once copied (to pinned memory on CUDA). A full chunk is
+    # copied to the host asynchronously and written by the chunk queue's thread: the loop never
+    # waits for a copy or a write.
     batches = Prefetcher(reader.read(plan[start:], min(batch_size, chunk_frames)),
                          lambda b: (replace(b, frames=None), frames_tensor(b.frames, pin)))
-    with batches, ChunkQueue(writer) as chunks:
+    with batches, ChunkQueue(writer) as chunk_queue:
         for batch, frames in batches:
             for k, v in backoff(stage1, frames):  # (L, B, Hkv, K, D) each
                 keys.append(k)
@@ -118,7 +119,7 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
             stamps += batch.timestamps
             seen = start + batch.indices[-1] + 1
             if buffered >= chunk_frames:
-                chunks.submit(torch.cat(keys, 1), torch.cat(values, 1), stamps, seen,
+                chunk_queue.submit(torch.cat(keys, 1), torch.cat(values, 1), stamps, seen,
                               lost_before + (seen - start) - computed, final=False)
                 keys, values, stamps, buffered = [], [], [], 0
             if progress:
@@ -128,7 +129,7 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
             raise UserError(f"{video}: no frame could be decoded")
         k_all = torch.cat(keys, 1) if keys else _empty_chunk(model)
         v_all = torch.cat(values, 1) if values else _empty_chunk(model)
-        chunks.submit(k_all, v_all, stamps, total, lost, final=True)
+        chunk_queue.submit(k_all, v_all, stamps, total, lost, final=True)
     if progress:
         progress(total, total)
     if lost:

@@ -26,7 +26,7 @@ from .answer import GenerationConfig, prompt_length
 from .cache_file import load_cache, video_identity
 from .compress import compress_video
 from .errors import UserError
-from .fast_decode import open_session
+from .fast_decode import open_session, resolve_decode
 from .model import VocoModel
 from .qa_formats import SHORT_ANSWER_SUFFIX, QAItem, find_video, file_sha256
 from .video import Sampling
@@ -98,6 +98,7 @@ def run_record(model: VocoModel, cfg: EvalConfig, annotations: list[Path], fmt: 
         "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
         "sampling": cfg.sampling.to_dict(), "cache_dtype": cfg.cache_dtype,
         "answer_weights": answer_weights(answerer or model),
+        "decode": resolve_decode(answerer or model, cfg.decode),  # recorded; paths agree up to rounding
         "prompt": {"suffix": cfg.suffix, "chat_template": template,
                    "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()},
         "generation": {"max_new_tokens": cfg.max_new_tokens, "temperature": 0.0, "decoding": "greedy"},

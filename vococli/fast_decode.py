@@ -22,11 +22,16 @@ from .video_cache import VideoCache
 
 DECODE_MODES = ("auto", "dynamic", "static", "graph", "compiled")
 MIN_ROOM = 512  # tokens of prompt and answer the buffer holds beyond the video at first
+# compiled decode steps kept per process: one per buffer width (compile_width gives four widths per
+# power of two: about 40 up to 64k tokens); past torch's default of 8, steps would silently run
+# uncompiled
+COMPILED_WIDTHS = 64
 
 
 def compile_width(width: int) -> int:
-    """`width` rounded up to one of four sizes per power of two (at most 25% more), so that videos
-    of similar length share one compiled decode step instead of compiling one each."""
+    """`width` rounded up to one of four sizes per power of two (at most 25% more; under 256
+    slots, at most 63 more), so that videos of similar length share one compiled decode step
+    instead of compiling one each."""
     step = max(64, 1 << max(0, width.bit_length() - 3))
     return -(-width // step) * step
 
@@ -53,7 +58,12 @@ class StaticSession(Session):
         if graph and model.device.type != "cuda":
             raise UserError("graph decoding needs a CUDA device")
         self.graph, self.compile = graph, compile
-        self.step_forward = torch.compile(model.lm, dynamic=False) if compile else model.lm
+        self.step_forward = model.lm
+        if compile:
+            import torch._dynamo
+
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_WIDTHS)
+            self.step_forward = torch.compile(model.lm, dynamic=False)
         self.base = video.n_frames * model.layout.k
         self.min_room = room
         self.decoder: GraphDecoder | None = None
@@ -194,13 +204,19 @@ def check_decode(decode: str) -> str:
     return decode
 
 
+def resolve_decode(model: VocoModel, decode: str) -> str:
+    """The path `--decode` names on this model's device (auto: graph on CUDA, dynamic elsewhere)."""
+    check_decode(decode)
+    if decode == "auto":
+        return "graph" if model.device.type == "cuda" else "dynamic"
+    return decode
+
+
 def open_session(model: VocoModel, video: VideoCache, decode: str = "auto", system: str | None = None) -> Session:
     """The session for `--decode`: auto = graph on CUDA, dynamic elsewhere; compiled = the static
     buffer with a torch.compile'd decode step, captured as a CUDA graph on CUDA."""
-    check_decode(decode)
+    decode = resolve_decode(model, decode)
     cuda = model.device.type == "cuda"
-    if decode == "auto":
-        decode = "graph" if cuda else "dynamic"
     if decode == "dynamic":
         return Session(model, video, system)
     compiled = decode == "compiled"

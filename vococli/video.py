@@ -9,8 +9,8 @@ fails mid-stream. PyAV does not apply display rotation, so that path rotates fra
 
 from __future__ import annotations
 
-import os
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,9 +126,9 @@ class VideoReader:
         try:
             import decord
 
-            # FFmpeg's own messages about damaged packets: frames lost are reported by compress
-            decord.logging.set_level(decord.logging.WARNING if os.environ.get("VOCOCLI_DEBUG")
-                                     else decord.logging.QUIET)
+            log = getattr(decord, "logging", None)  # FFmpeg's messages on damaged packets: compress
+            if log is not None:  # reports the frames lost itself
+                log.set_level(log.WARNING if os.environ.get("VOCOCLI_DEBUG") else log.QUIET)
             vr = decord.VideoReader(str(self.path), num_threads=0)
             if len(vr) == len(self.timestamps):
                 self._decord, self.backend = vr, "decord"
