@@ -169,3 +169,18 @@ def test_bad_input_is_one_line(dataset, tmp_path):
     assert r.returncode == 1 and "unknown dataset" in r.stderr
     r = run("score", tmp_path)
     assert r.returncode == 1 and "not an eval run folder" in r.stderr
+
+
+def test_eval_and_synth_refuse_folders_that_are_not_theirs(dataset, tmp_path):
+    root, _ = dataset
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    for target, word in [(mine, "not empty"), (a_file, "not a folder")]:
+        r = run(*eval_args(root, target, "--limit", "1"))
+        assert r.returncode == 1 and word in r.stderr and "Traceback" not in r.stderr, r.stderr
+        r = run("synth", "--count", "1", "--out", target)
+        assert r.returncode == 1 and word in r.stderr, r.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .cli_common import DecodeOpt, DeviceOpt, DtypeOpt, ModelOpt, Rate, err, model_path, out, quiet_transformers
-from .errors import UserError
+from .errors import UserError, check_output_folder
 
 
 def eval_command(
@@ -71,6 +71,9 @@ def eval_command(
         raise UserError("--max-new-tokens must be at least 1")
     if not videos.is_dir():
         raise UserError(f"{videos}: videos folder not found")
+    from .eval_run import RUN_FILE
+
+    check_output_folder(out_dir, RUN_FILE, "an eval run folder")  # before the model loads
     items, detected = read_questions(dataset, qa=qa, questions=questions, answers=answers, fmt=fmt,
                                      mapping=mapping)
     items = items[:limit] if limit else items

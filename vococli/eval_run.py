@@ -25,7 +25,7 @@ from typing import Callable
 from .answer import GenerationConfig, prompt_length
 from .cache_file import load_cache, video_identity
 from .compress import compress_video
-from .errors import UserError
+from .errors import UserError, check_output_folder
 from .fast_decode import open_session, resolve_decode
 from .model import VocoModel
 from .qa_formats import SHORT_ANSWER_SUFFIX, QAItem, find_video, file_sha256
@@ -194,6 +194,7 @@ def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations
     answerer = answerer or model
     if answerer.fingerprint != model.fingerprint:
         raise UserError("the answering model must be the compressing model's checkpoint")
+    check_output_folder(cfg.out, RUN_FILE, "an eval run folder")
     cfg.out.mkdir(parents=True, exist_ok=True)
     record = run_record(model, cfg, annotations, fmt, answerer)
     run_file, pred_file = cfg.out / RUN_FILE, cfg.out / PREDICTIONS

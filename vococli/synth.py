@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, check_output_folder
 from .qa_formats import SHORT_ANSWER_SUFFIX
 from .synth_scenes import KINDS, QUESTION_TYPES, Scene, draw, frame_scene, needle_scene, temporal_scene
 
@@ -116,6 +116,7 @@ def synthesize(cfg: SynthConfig, out: Path, progress: Callable[[int, int], None]
     if cfg.size < 32 or cfg.size % 2:
         raise UserError("--size must be an even number of pixels, at least 32")
     out = Path(out)
+    check_output_folder(out, "synth_config.json", "a synth folder")
     (out / "videos").mkdir(parents=True, exist_ok=True)
     scenes, train, qa = annotations(cfg)
     if not scenes:
