@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from vococli.errors import UserError
 from vococli.eval_score import JUDGEMENTS_FILE, score_run
 from vococli.judge import JudgeConfig, JudgementCache, LLMJudge, contains_match, exact_match, parse_verdict
 
@@ -110,6 +111,29 @@ def test_llm_judge_retries_counts_failures_apart_and_caches(tmp_path, server):
     assert len((run / JUDGEMENTS_FILE).read_text().splitlines()) == 4
     scores = json.loads((run / "scores.json").read_text())
     assert scores["llm"]["overall"] == o and (run / "accuracy_llm.png").stat().st_size > 0
+    assert scores["llm"]["first_failure"].startswith("HTTP 500")
+
+
+def test_llm_judge_that_never_answers_is_an_error_not_a_score(tmp_path):
+    run = make_run(tmp_path, ROWS[:2])
+    cfg = JudgeConfig(url="http://127.0.0.1:9/v1", model="judge", retries=1, backoff_s=0.001)
+    with pytest.raises(UserError, match=r"127.0.0.1:9/v1: all 2 judgements failed \(ConnectError"):
+        score_run(run, "llm", cfg)
+    assert not (run / "scores.json").exists()
+
+
+def test_scores_of_older_predictions_are_dropped(tmp_path):
+    """Scores of one judge made before the run went on are not kept beside newer ones."""
+    run = make_run(tmp_path, ROWS[:2])
+    score_run(run, "exact")
+    with open(run / "predictions.jsonl", "a") as f:
+        f.write(json.dumps({"id": "9", "question": "q", "answer": "red", "pred": "red"}) + "\n")
+    score_run(run, "contains")
+    scores = json.loads((run / "scores.json").read_text())
+    assert set(scores) == {"contains"} and scores["contains"]["overall"]["judged"] == 3
+    assert not (run / "accuracy_exact.png").exists()
+    score_run(run, "exact")
+    assert set(json.loads((run / "scores.json").read_text())) == {"contains", "exact"}
 
 
 def test_exact_and_contains_scores_keep_errors_apart(tmp_path):

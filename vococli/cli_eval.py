@@ -140,6 +140,10 @@ def score_command(
         task = progress.add_task("judging", total=None)
         res = score_run(run, judge, cfg, on_progress=lambda d, n: progress.update(task, completed=d, total=n))
     d = res.to_dict()
+    failed = d["overall"].get("failed_judgements", 0)
+    if failed:
+        err.print(f"warning: {failed} judgements failed ({res.failure}); they are counted apart, and scoring "
+                  "again retries them", markup=False)
     if as_json:
         out.print_json(json.dumps(d))
         return

@@ -3,10 +3,14 @@
 Questions whose video failed (an `error` line) are counted apart and never as wrong answers;
 so are LLM judgements that failed after their retries. Results go to `scores.json` (one entry
 per judge, so exact and LLM scores of one run sit side by side) and `accuracy_<judge>.png`.
+Each entry records the SHA-256 of the predictions it scored; when the predictions change (the
+run went on), entries of other judges that scored the old predictions are dropped with their
+charts, so scores.json never mixes scores of different predictions.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import defaultdict
@@ -49,6 +53,8 @@ class RunScores:
     overall: Tally = field(default_factory=Tally)
     by_type: dict[str, Tally] = field(default_factory=lambda: defaultdict(Tally))
     judge_models: dict[str, int] = field(default_factory=dict)  # reported model name -> judgements
+    failure: str = ""  # llm only: what went wrong with the first judgement that failed
+    predictions_sha256: str = ""
 
     def tallies(self, row: dict) -> tuple[Tally, Tally]:
         """The overall tally and the tally of the row's question type."""
@@ -60,6 +66,9 @@ class RunScores:
              "by_type": {t: v.to_dict(llm) for t, v in sorted(self.by_type.items())}}
         if llm:
             d["judge_models_reported"] = self.judge_models
+            if self.failure:
+                d["first_failure"] = self.failure
+        d["predictions_sha256"] = self.predictions_sha256
         return d
 
 
@@ -88,6 +97,10 @@ def score_run(run: Path, judge: str, judge_cfg: JudgeConfig | None = None,
             verdicts = llm.judge_all(scored, on_done=lambda n: on_progress(n, len(scored)) if on_progress else None)
         finally:
             llm.close()
+        failures = [j.error for j in verdicts if j.verdict is None]
+        if scored and len(failures) == len(scored):
+            raise UserError(f"{judge_cfg.url}: all {len(scored)} judgements failed ({failures[0]}); nothing scored")
+        res.failure = failures[0] if failures else ""
         for row, j in zip(scored, verdicts):
             for t in res.tallies(row):
                 if j.verdict is None:
@@ -109,6 +122,7 @@ def score_run(run: Path, judge: str, judge_cfg: JudgeConfig | None = None,
         if "pred" not in row:
             for t in res.tallies(row):
                 t.errors += 1
+    res.predictions_sha256 = hashlib.sha256((run / PREDICTIONS).read_bytes()).hexdigest()
     write_scores(run, res)
     return res
 
@@ -121,6 +135,10 @@ def write_scores(run: Path, res: RunScores) -> None:
             scores = json.loads(path.read_text())
         except json.JSONDecodeError:
             scores = {}
+    for judge in [j for j, d in scores.items() if not isinstance(d, dict)
+                  or d.get("predictions_sha256") != res.predictions_sha256]:
+        del scores[judge]  # scored other predictions
+        (run / f"accuracy_{judge}.png").unlink(missing_ok=True)
     scores[res.judge] = res.to_dict()
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(scores, indent=2) + "\n")
