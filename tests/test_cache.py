@@ -38,6 +38,12 @@ def test_round_trip_is_bit_exact(tiny_model, tmp_path):
 
     first = load_file(str(chunk_path(res.path, 0)))
     assert torch.equal(first["keys"], video.keys[:, :8])
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE(chunk_path(res.path, 0).stat().st_mode) == 0o666 & ~mask  # readable as umask allows
     info = read_info(res.path)
     assert info["frames"] == 21 and info["chunks"] == 3 and info["k"] == tiny_model.layout.k
 

@@ -91,3 +91,19 @@ def test_damaged_video_gives_one_note_not_ffmpeg_noise(tiny_ckpt, tmp_path):
     r = run("compress", CORRUPT, "-o", tmp_path / "c.voco", "--model", tiny_ckpt)
     assert r.returncode == 0, r.stderr
     assert "could not be decoded" in r.stderr and "[h264" not in r.stderr, r.stderr
+
+
+def test_ctrl_c_says_the_work_is_kept(monkeypatch, capsys, tiny_ckpt):
+    """Ctrl-C inside a command: exit code 130 and one line saying how to resume."""
+    import vococli.cli as cli
+    import vococli.compress
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vococli.compress, "compress_video", interrupted)
+    monkeypatch.setattr(sys, "argv", ["vococli", "compress", str(CLIP), "--model", str(tiny_ckpt)])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 130
+    assert "interrupted; finished work" in capsys.readouterr().err

@@ -31,6 +31,15 @@ from .video_cache import VideoCache
 FORMAT = "vococli-cache"
 FORMAT_VERSION = 1
 CHUNK_GLOB = "chunk-*.safetensors"
+
+
+def _process_umask() -> int:
+    mask = os.umask(0o022)  # read once, at import, before any writer thread exists
+    os.umask(mask)
+    return mask
+
+
+UMASK = _process_umask()
 # metadata fields that must agree for a resume to continue an existing cache
 RESUME_KEYS = ("format", "format_version", "model_fingerprint", "k", "c0", "dtype", "storage", "video",
                "sampling", "planned_frames")
@@ -198,6 +207,7 @@ class CacheWriter:
         tmp = path.with_suffix(".tmp")
         try:
             save_file(tensors, str(tmp), metadata={"vococli": json.dumps(meta)})
+            os.chmod(tmp, 0o666 & ~UMASK)  # safetensors creates 0600: let a shared cache be read
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)  # a partial file would block every rerun

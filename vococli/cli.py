@@ -237,8 +237,11 @@ app.command("tiny-model")(tiny_model)
 
 def main() -> None:
     """Entry point: map user errors to exit code 1 and one line, crashes to exit code 2."""
+    interrupted = "interrupted; finished work (cache chunks, answers) is kept and the same command resumes it"
     try:
         rc = app(standalone_mode=False)
+        if rc == 130:  # click turns Ctrl-C into this return code when not standalone
+            err.print(interrupted)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except typer.TyperException as e:  # bad flag, missing argument (click's usage errors)
@@ -248,7 +251,7 @@ def main() -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
-        err.print("interrupted; finished work (cache chunks, answers) is kept and the same command resumes it")
+        err.print(interrupted)
         sys.exit(130)
     except UserError as e:
         err.print(f"error: {e}", markup=False)
@@ -258,7 +261,7 @@ def main() -> None:
         err.print(f"error: {where}{e.strerror or e}", markup=False)
         sys.exit(1)
     except KeyboardInterrupt:
-        err.print("interrupted; finished work (cache chunks, answers) is kept and the same command resumes it")
+        err.print(interrupted)
         sys.exit(130)
     except Exception as e:  # a bug: say so in one line; VOCOCLI_DEBUG=1 shows the traceback
         if os.environ.get("VOCOCLI_DEBUG"):
