@@ -48,7 +48,7 @@ class Answer:
         return {"question": self.question, "answer": self.text, "tokens": len(self.token_ids),
                 "prompt_tokens": self.prompt_tokens, "finished": self.finished,
                 "time_to_first_token_s": round(self.time_to_first_token_s, 4),
-                "decode_tokens_per_s": round(self.decode_tokens_per_s, 2), "total_s": round(self.total_s, 4)}
+                "decode_tokens_per_s": round(self.decode_tokens_per_s, 2) if len(self.token_ids) > 1 else None, "total_s": round(self.total_s, 4)}
 
 
 @torch.inference_mode()

@@ -61,9 +61,26 @@ def compress(
                                                                      rate=rate(done)))
     if as_json:
         out.print_json(json.dumps(res.to_dict()))
-    else:
+    elif res.computed:
         out.print(f"{res.path}: {res.frames} frames, K={m.layout.k}; compressed {res.computed} frames in "
                   f"{res.seconds:.1f} s ({res.frames_per_s:.1f} frames/s, {res.backend})")
+    else:
+        out.print(f"{res.path}: {res.frames} frames, K={m.layout.k}")
+
+
+def _stdout_stream():
+    """An `on_text` callback printing streamed answer text as it comes, without the leading
+    space the first token carries (the finished answer is stripped the same way)."""
+    started = [False]
+
+    def write(text: str) -> None:
+        if not started[0]:
+            text = text.lstrip()
+            started[0] = bool(text)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    return write
 
 
 def _gen_config(max_new_tokens: int, temperature: float, top_p: float, seed: int):
@@ -129,16 +146,18 @@ def ask(
         if len(qs) > 1 and not as_json:
             out.print(f"[bold]Q:[/bold] {q}")
         if stream and not as_json:
-            ans = session.ask(q, gen, on_text=lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+            ans = session.ask(q, gen, on_text=_stdout_stream())
             sys.stdout.write("\n")
         else:
             ans = session.ask(q, gen)
             if not as_json:
                 sys.stdout.write(ans.text + "\n")
+        if not ans.text and not as_json:
+            err.print("[dim](the model gave an empty answer)[/dim]")
         if verbose and not as_json:
+            rate = f"{ans.decode_tokens_per_s:.1f} tokens/s" if len(ans.token_ids) > 1 else "no decode steps"
             err.print(f"[dim]{ans.prompt_tokens} prompt tokens, {len(ans.token_ids)} answer tokens; "
-                      f"time to first token {ans.time_to_first_token_s * 1000:.0f} ms, "
-                      f"{ans.decode_tokens_per_s:.1f} tokens/s[/dim]")
+                      f"time to first token {ans.time_to_first_token_s * 1000:.0f} ms, {rate}[/dim]")
         results.append(ans.to_dict())
     if as_json:
         out.print_json(json.dumps({"cache": str(cache), "frames": video.n_frames, "answers": results}))
@@ -183,10 +202,16 @@ def chat(
             return
         if line == "/reset":
             session.reset()
+            err.print("[dim]earlier turns forgotten[/dim]")
+            continue
+        if line.startswith("/"):
+            err.print(f"unknown command {line.split()[0]}: /reset forgets earlier turns, /quit ends", markup=False)
             continue
         sys.stdout.write("vococli> ")
         try:
-            session.ask(line, gen, on_text=lambda s: (sys.stdout.write(s), sys.stdout.flush()))
+            ans = session.ask(line, gen, on_text=_stdout_stream())
+            if not ans.text:
+                sys.stdout.write("(empty answer)")
         except UserError as e:
             err.print(f"error: {e}")
         sys.stdout.write("\n")

@@ -68,8 +68,9 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
     check_storage(cache_dtype)
     if batch_size is None:
         batch_size = auto_batch_size(model)
-    if batch_size < 1 or chunk_frames < 1:
-        raise UserError("--batch-size and --chunk-frames must be at least 1")
+    for flag, value in (("--batch-size", batch_size), ("--chunk-frames", chunk_frames)):
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
     t_start = time.perf_counter()
     video = Path(video)
     out = Path(out) if out is not None else default_output(video)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +56,10 @@ def _open_av(path: Path):
 
 
 def _short(e: Exception) -> str:
-    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    """The first line of an error's message, without FFmpeg's "[Errno N]" prefix."""
+    text = getattr(e, "strerror", None) or str(e)
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", str(text).strip())
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def stream_timestamps(path: Path) -> np.ndarray:
@@ -86,7 +90,8 @@ def plan_frames(timestamps: np.ndarray, sampling: Sampling) -> np.ndarray:
     t0 = max(sampling.start, first)
     t1 = last if sampling.end is None else min(sampling.end, last)
     if t1 < t0:
-        raise UserError(f"no frames between --start {sampling.start} and --end {sampling.end} "
+        until = "the end of the video" if sampling.end is None else f"--end {sampling.end}"
+        raise UserError(f"no frames between --start {sampling.start} and {until} "
                         f"(the video spans {first:.3f}-{last:.3f} s)")
     # more instants than frames only repeat frames: cap them at a few per frame
     n, fps = int(np.floor((t1 - t0) * sampling.fps + 1e-9)) + 1, sampling.fps
