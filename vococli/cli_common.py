@@ -27,7 +27,13 @@ def model_path(model: str | None) -> str:
 
 
 def quiet_transformers() -> None:
+    import logging
+
     import transformers
+
+    # bitsandbytes warns at import, on CPUs with AVX512-BF16, that an optional kernel package from
+    # the model hub is missing; its own CPU kernels work without it
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
