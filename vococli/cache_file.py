@@ -19,14 +19,17 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .errors import UserError
-from .kv_quant import quantize_int8
-from .video_cache import VideoCache
+
+if TYPE_CHECKING:  # torch and the model code load only when tensors are read or written, so that
+    import torch  # `vococli info` on a cache answers at once
+
+    from .video_cache import VideoCache
 
 FORMAT = "vococli-cache"
 FORMAT_VERSION = 1
@@ -72,7 +75,7 @@ class Chunk:
 
 def _read_meta(path: Path) -> dict:
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:  # the header only
             raw = (f.metadata() or {}).get("vococli")
     except Exception as e:
         raise UserError(f"{path}: unreadable cache chunk, truncated or not a safetensors file ({e})") from None
@@ -115,6 +118,10 @@ def read_info(root: Path) -> dict:
 
 def load_cache(root: Path, fingerprint: str | None = None, allow_partial: bool = False) -> VideoCache:
     """Load every chunk into one VideoCache; refuses unfinished caches and foreign models."""
+    import torch
+
+    from .video_cache import VideoCache
+
     root = Path(root)
     chunks = list_chunks(root)
     if not chunks or not (chunks[-1].meta.get("final") or allow_partial):
@@ -195,6 +202,11 @@ class CacheWriter:
     def write(self, keys: torch.Tensor, values: torch.Tensor, timestamps: list[float],
               targets_done: int, lost: int, final: bool) -> None:
         """Append one chunk: keys/values (L, F, Hkv, K, D) of F frames."""
+        import torch
+        from safetensors.torch import save_file
+
+        from .kv_quant import quantize_int8
+
         meta = dict(self.meta, chunk=self.next_chunk, frame_start=self.frames_done, frames=int(keys.shape[1]),
                     targets_done=int(targets_done), frames_lost=int(lost), final=bool(final))
         tensors = {"keys": keys.cpu(), "values": values.cpu()}
@@ -254,6 +266,8 @@ class ChunkQueue:
 
     def submit(self, keys: torch.Tensor, values: torch.Tensor, timestamps: list[float], targets_done: int,
                lost: int, final: bool) -> None:
+        import torch
+
         self._raise()
         copied = None
         if keys.is_cuda:
@@ -275,5 +289,7 @@ class ChunkQueue:
 
 
 def _to_pinned(t: torch.Tensor) -> torch.Tensor:
+    import torch
+
     host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
     return host.copy_(t, non_blocking=True)

@@ -232,7 +232,7 @@ def info(
     v = meta["video"]
     s = meta["sampling"]
     rows = [
-        ("video", f"{v['name']} ({v['size']:,} bytes, {meta['video_duration_s']:.2f} s)"),
+        ("video", f"{v['name']} ({v['size']:,} bytes; {meta['video_duration_s']:.2f} s from first to last frame)"),
         ("frames", f"{meta['frames']} of {meta['planned_frames']} planned"
                    + (f", {meta['frames_lost']} lost" if meta.get("frames_lost") else "")
                    + ("" if meta.get("final") else " (unfinished)")),
