@@ -96,7 +96,7 @@ def list_chunks(root: Path) -> list[Chunk]:
     if not root.exists():
         raise UserError(f"{root}: cache not found")
     if not root.is_dir():
-        raise UserError(f"{root}: not a vococli cache (expected a .voco folder)")
+        raise UserError(f"{root}: not a vococli cache (expected a .voco folder; `vococli compress` makes one)")
     chunks = [Chunk(p, _read_meta(p)) for p in sorted(root.glob(CHUNK_GLOB))]
     for i, c in enumerate(chunks):
         if c.meta["chunk"] != i:
@@ -128,8 +128,9 @@ def load_cache(root: Path, fingerprint: str | None = None, allow_partial: bool =
         raise UserError(f"{root}: the cache is unfinished; run `vococli compress` again to complete it")
     meta = chunks[-1].meta
     if fingerprint is not None and meta["model_fingerprint"] != fingerprint:
-        raise UserError(f"{root}: made by another model (fingerprint {meta['model_fingerprint']}, "
-                        f"this model is {fingerprint}); compress the video with this model")
+        raise UserError(f"{root}: made by another model ({meta.get('model_path', '?')}, fingerprint "
+                        f"{meta['model_fingerprint']}; this model is {fingerprint}); compress the video with "
+                        "this model")
     names = ["keys", "values"] + (["keys_scale", "values_scale"] if storage(meta) == "int8" else [])
     parts: dict[str, list] = {n: [] for n in names}
     stamps = []
@@ -181,7 +182,10 @@ class CacheWriter:
     def _resume(self) -> None:
         for tmp in self.root.glob("chunk-*.tmp"):  # a write cut short (the process was killed)
             tmp.unlink()
-        chunks = list_chunks(self.root)
+        try:
+            chunks = list_chunks(self.root)
+        except UserError as e:
+            raise UserError(f"{e}; pass --overwrite to start over") from None
         if not chunks:
             if any(self.root.iterdir()):
                 raise UserError(f"{self.root}: exists and is not a vococli cache; choose another -o")
