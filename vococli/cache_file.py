@@ -277,7 +277,7 @@ class ChunkQueue:
         if keys.is_cuda:
             keys, values = _to_pinned(keys), _to_pinned(values)
             copied = torch.cuda.Event()
-            copied.record()  # on the caller's stream, after both copies
+            copied.record(torch.cuda.current_stream(keys.device))  # after both copies, on their GPU's stream
         self._jobs.put((copied, (keys, values, timestamps, targets_done, lost, final)))
 
     def __enter__(self) -> ChunkQueue:
