@@ -106,4 +106,4 @@ def test_ctrl_c_says_the_work_is_kept(monkeypatch, capsys, tiny_ckpt):
     with pytest.raises(SystemExit) as e:
         cli.main()
     assert e.value.code == 130
-    assert "interrupted; finished work" in capsys.readouterr().err
+    assert "interrupted; finished work is kept" in capsys.readouterr().err

@@ -184,3 +184,12 @@ def test_eval_and_synth_refuse_folders_that_are_not_theirs(dataset, tmp_path):
         r = run("synth", "--count", "1", "--out", target)
         assert r.returncode == 1 and word in r.stderr, r.stderr
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    # what an unfinished run of the same command leaves is not someone else's
+    r = run("synth", "--count", "1", "--types", "nosuchtype", "--out", tmp_path / "s")
+    assert r.returncode == 1 and not (tmp_path / "s").exists()
+    (tmp_path / "s" / "videos").mkdir(parents=True)  # as a killed synth leaves it
+    r = run("synth", "--count", "1", "--out", tmp_path / "s")
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "new" / "caches").mkdir(parents=True)  # caches copied in before the first run
+    r = run(*eval_args(root, tmp_path / "new", "--limit", "1"))
+    assert r.returncode == 0, r.stderr

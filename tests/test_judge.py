@@ -134,6 +134,12 @@ def test_scores_of_older_predictions_are_dropped(tmp_path):
     assert not (run / "accuracy_exact.png").exists()
     score_run(run, "exact")
     assert set(json.loads((run / "scores.json").read_text())) == {"contains", "exact"}
+    # an entry written before entries carried the hash is kept
+    scores = json.loads((run / "scores.json").read_text())
+    scores["old"] = {"overall": {}}
+    (run / "scores.json").write_text(json.dumps(scores))
+    score_run(run, "exact")
+    assert set(json.loads((run / "scores.json").read_text())) == {"contains", "exact", "old"}
 
 
 def test_exact_and_contains_scores_keep_errors_apart(tmp_path):

@@ -182,10 +182,12 @@ class CacheWriter:
     def _resume(self) -> None:
         for tmp in self.root.glob("chunk-*.tmp"):  # a write cut short (the process was killed)
             tmp.unlink()
+        if not self.root.is_dir():
+            raise UserError(f"{self.root}: exists and is not a cache folder; choose another output")
         try:
             chunks = list_chunks(self.root)
-        except UserError as e:
-            raise UserError(f"{e}; pass --overwrite to start over") from None
+        except UserError as e:  # a damaged chunk
+            raise UserError(f"{e}; delete the folder or run `vococli compress --overwrite` to start over") from None
         if not chunks:
             if any(self.root.iterdir()):
                 raise UserError(f"{self.root}: exists and is not a vococli cache; choose another -o")
@@ -223,7 +225,10 @@ class CacheWriter:
         tmp = path.with_suffix(".tmp")
         try:
             save_file(tensors, str(tmp), metadata={"vococli": json.dumps(meta)})
-            os.chmod(tmp, 0o666 & ~UMASK)  # safetensors creates 0600: let a shared cache be read
+            try:
+                os.chmod(tmp, 0o666 & ~UMASK)  # safetensors creates 0600: let a shared cache be read
+            except OSError:  # file systems without permissions
+                pass
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)  # a partial file would block every rerun
@@ -275,9 +280,10 @@ class ChunkQueue:
         self._raise()
         copied = None
         if keys.is_cuda:
+            stream = torch.cuda.current_stream(keys.device)  # the copies run on the keys' own GPU
             keys, values = _to_pinned(keys), _to_pinned(values)
             copied = torch.cuda.Event()
-            copied.record(torch.cuda.current_stream(keys.device))  # after both copies, on their GPU's stream
+            copied.record(stream)  # after both copies
         self._jobs.put((copied, (keys, values, timestamps, targets_done, lost, final)))
 
     def __enter__(self) -> ChunkQueue:

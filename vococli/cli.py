@@ -262,7 +262,7 @@ app.command("tiny-model")(tiny_model)
 
 def main() -> None:
     """Entry point: map user errors to exit code 1 and one line, crashes to exit code 2."""
-    interrupted = "interrupted; finished work (cache chunks, answers) is kept and the same command resumes it"
+    interrupted = "interrupted; finished work is kept (cache chunks, eval answers): the same command resumes it"
     try:
         rc = app(standalone_mode=False)
         if rc == 130:  # click turns Ctrl-C into this return code when not standalone

@@ -73,7 +73,8 @@ def eval_command(
         raise UserError(f"{videos}: videos folder not found")
     from .eval_run import RUN_FILE
 
-    check_output_folder(out_dir, RUN_FILE, "an eval run folder")  # before the model loads
+    caches = cache_dir if cache_dir is not None else out_dir / "caches"
+    check_output_folder(out_dir, RUN_FILE, "an eval run folder", own=(caches.name,))  # before the model loads
     items, detected = read_questions(dataset, qa=qa, questions=questions, answers=answers, fmt=fmt,
                                      mapping=mapping)
     items = items[:limit] if limit else items

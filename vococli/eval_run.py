@@ -128,12 +128,14 @@ def _comparable(value, key: str):
     return value
 
 
-def read_predictions(path: Path, repair: bool = False) -> list[dict]:
-    """The lines of predictions.jsonl. A torn last line (the process died mid-write) is dropped,
-    and with `repair` cut from the file; a broken line elsewhere is an error."""
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
+def read_predictions(path: Path, repair: bool = False, raw: bytes | None = None) -> list[dict]:
+    """The lines of predictions.jsonl (or of `raw`, its bytes read by the caller). A torn last
+    line (the process died mid-write) is dropped, and with `repair` cut from the file; a broken
+    line elsewhere is an error."""
+    if raw is None:
+        if not path.exists():
+            return []
+        raw = path.read_bytes()
     keep = len(raw)
     if raw and not raw.endswith(b"\n"):
         keep = raw.rfind(b"\n") + 1
@@ -194,7 +196,7 @@ def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations
     answerer = answerer or model
     if answerer.fingerprint != model.fingerprint:
         raise UserError("the answering model must be the compressing model's checkpoint")
-    check_output_folder(cfg.out, RUN_FILE, "an eval run folder")
+    check_output_folder(cfg.out, RUN_FILE, "an eval run folder", own=(cfg.caches.name,))
     cfg.out.mkdir(parents=True, exist_ok=True)
     record = run_record(model, cfg, annotations, fmt, answerer)
     run_file, pred_file = cfg.out / RUN_FILE, cfg.out / PREDICTIONS

@@ -72,13 +72,15 @@ class RunScores:
         return d
 
 
-def latest_rows(run: Path) -> list[dict]:
+def latest_rows(run: Path) -> tuple[list[dict], str]:
+    """The last line of every question, and the SHA-256 of the predictions file they came from."""
     if not (run / RUN_FILE).exists() or not (run / PREDICTIONS).exists():
         raise UserError(f"{run}: not an eval run folder (no {RUN_FILE} and {PREDICTIONS})")
+    raw = (run / PREDICTIONS).read_bytes()  # one read: a run still answering may append meanwhile
     by_id: dict[str, dict] = {}
-    for row in read_predictions(run / PREDICTIONS):
+    for row in read_predictions(run / PREDICTIONS, raw=raw):
         by_id[str(row.get("id"))] = row  # a later line for the same question wins
-    return list(by_id.values())
+    return list(by_id.values()), hashlib.sha256(raw).hexdigest()
 
 
 def score_run(run: Path, judge: str, judge_cfg: JudgeConfig | None = None,
@@ -86,9 +88,9 @@ def score_run(run: Path, judge: str, judge_cfg: JudgeConfig | None = None,
     """Score `run` with `judge` and write scores.json and the per-type chart."""
     if judge not in JUDGES:
         raise UserError(f"unknown --judge {judge!r}; choose one of {', '.join(JUDGES)}")
-    rows = latest_rows(run)
+    rows, digest = latest_rows(run)
     scored = [r for r in rows if "pred" in r]
-    res = RunScores(judge)
+    res = RunScores(judge, predictions_sha256=digest)
     if judge == "llm":
         if judge_cfg is None or not judge_cfg.url or not judge_cfg.model:
             raise UserError("--judge llm needs --judge-url and --judge-model")
@@ -122,7 +124,6 @@ def score_run(run: Path, judge: str, judge_cfg: JudgeConfig | None = None,
         if "pred" not in row:
             for t in res.tallies(row):
                 t.errors += 1
-    res.predictions_sha256 = hashlib.sha256((run / PREDICTIONS).read_bytes()).hexdigest()
     write_scores(run, res)
     return res
 
@@ -135,8 +136,8 @@ def write_scores(run: Path, res: RunScores) -> None:
             scores = json.loads(path.read_text())
         except json.JSONDecodeError:
             scores = {}
-    for judge in [j for j, d in scores.items() if not isinstance(d, dict)
-                  or d.get("predictions_sha256") != res.predictions_sha256]:
+    for judge in [j for j, d in scores.items() if not isinstance(d, dict)  # entries older than the hash
+                  or d.get("predictions_sha256", res.predictions_sha256) != res.predictions_sha256]:
         del scores[judge]  # scored other predictions
         (run / f"accuracy_{judge}.png").unlink(missing_ok=True)
     scores[res.judge] = res.to_dict()

@@ -109,6 +109,9 @@ def scene_record(cfg: SynthConfig, index: int, scene: Scene) -> dict:
             "background": list(scene.background), "objects": objects, "facts": scene.facts}
 
 
+SYNTH_FILES = ("videos", "train.json", "test_qa.json", "scenes.json", "synth_config.json")  # all it writes
+
+
 def synthesize(cfg: SynthConfig, out: Path, progress: Callable[[int, int], None] | None = None) -> dict:
     """Write clips and annotation files into `out`; returns counts."""
     if cfg.count < 1:
@@ -116,11 +119,11 @@ def synthesize(cfg: SynthConfig, out: Path, progress: Callable[[int, int], None]
     if cfg.size < 32 or cfg.size % 2:
         raise UserError("--size must be an even number of pixels, at least 32")
     out = Path(out)
-    check_output_folder(out, "synth_config.json", "a synth folder")
-    (out / "videos").mkdir(parents=True, exist_ok=True)
+    check_output_folder(out, "synth_config.json", "a synth folder", own=SYNTH_FILES)
     scenes, train, qa = annotations(cfg)
     if not scenes:
         raise UserError(f"no {cfg.kind} clip asks a question of type {', '.join(cfg.types or ())}")
+    (out / "videos").mkdir(parents=True, exist_ok=True)
     for n, (i, scene) in enumerate(scenes, 1):
         write_clip(scene, out / "videos" / f"{clip_id(cfg, i)}.mp4", cfg.size)
         if progress:
