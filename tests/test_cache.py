@@ -230,3 +230,40 @@ def test_rejects_zero_voco_tokens(tiny_ckpt):
 
     with pytest.raises(UserError, match="at least 1"):
         load_model(tiny_ckpt, device="cpu", voco_tokens=0)
+
+
+def test_chunk_queue_gpu_branch_waits_for_the_copy_on_the_keys_gpu(tmp_path, monkeypatch):
+    """The CUDA branch of submit, with the CUDA calls stubbed (no GPU here): the event is recorded
+    on the stream of the GPU the keys live on, and the writer waits for it before writing."""
+    import vococli.cache_file as cache_file
+
+    log = []
+
+    class OnGpu:  # stands for a CUDA tensor on the second GPU
+        is_cuda, device = True, torch.device("cuda", 1)
+
+        def __init__(self, host):
+            self.host = host
+
+    class Event:
+        def record(self, stream):
+            log.append(("record", stream))
+
+        def synchronize(self):
+            log.append(("wait",))
+
+    def current_stream(device):
+        assert device.type == "cuda", device  # a host tensor's device is refused by torch too
+        return f"stream of {device}"
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
+    monkeypatch.setattr(cache_file, "_to_pinned", lambda t: log.append(("copy",)) or t.host)
+    writer = CacheWriter(tmp_path / "g.voco", {"k": 1})
+    keys = torch.arange(8.0).view(1, 2, 1, 1, 4)
+    with ChunkQueue(writer) as chunk_queue:
+        chunk_queue.submit(OnGpu(keys), OnGpu(-keys), [0.0, 1.0], 2, 0, final=True)
+    assert log == [("copy",), ("copy",), ("record", "stream of cuda:1"), ("wait",)]
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(str(chunk_path(writer.root, 0)))["values"], -keys)
