@@ -129,6 +129,8 @@ def test_other_settings_are_refused_and_scores_written(dataset, reference):
     out, _ = reference
     r = run(*eval_args(root, out, "--fps", "2"))
     assert r.returncode == 1 and "different sampling" in r.stderr and "Traceback" not in r.stderr
+    r = run(*eval_args(root, out, "--dtype", "bfloat16"))  # other answers: not the same run
+    assert r.returncode == 1 and "different dtype" in r.stderr
     r = run("score", out, "--json")
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)

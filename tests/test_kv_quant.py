@@ -73,3 +73,15 @@ def test_eval_keys_caches_and_runs_by_storage(tiny_model):
     assert cache_key(CLIP, tiny_model, Sampling(), "auto") == plain
     assert cache_key(CLIP, tiny_model, Sampling(), "int8") != plain
     assert _comparable(None, "cache_dtype") == "auto"  # records from before the option
+
+
+def test_eval_cache_names_tell_a_bf16_cache_from_a_float32_one(tiny_model):
+    """A CPU (float32) and a GPU (bf16) run sharing --cache-dir must not collide: compress refuses
+    to resume a cache of another dtype, which would fail every question of that video."""
+    from dataclasses import replace
+
+    from vococli.eval_run import cache_key
+    from vococli.video import Sampling
+
+    bf16 = replace(tiny_model, dtype=torch.bfloat16)
+    assert cache_key(CLIP, bf16, Sampling()) != cache_key(CLIP, tiny_model, Sampling())

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from .answer import GenerationConfig, prompt_length
 from .cache_file import load_cache, video_identity
 from .compress import compress_video
@@ -38,7 +40,7 @@ PREDICTIONS = "predictions.jsonl"
 RUN_FILE = "run.json"
 DEFAULT_SUFFIX = SHORT_ANSWER_SUFFIX
 # run.json fields that must match for a rerun to continue the same predictions file
-SAME_RUN_KEYS = ("dataset", "annotations", "model_fingerprint", "k", "sampling", "cache_dtype",
+SAME_RUN_KEYS = ("dataset", "annotations", "model_fingerprint", "k", "dtype", "sampling", "cache_dtype",
                  "answer_weights", "prompt", "generation")
 
 
@@ -159,6 +161,8 @@ def cache_key(video: Path, model: VocoModel, sampling: Sampling, cache_dtype: st
            "k": model.layout.k, "sampling": sampling.to_dict()}
     if cache_dtype != "auto":  # keeps the names of caches made before the option existed
         key["storage"] = cache_dtype
+    if model.dtype != torch.float32:  # a float32 (CPU) and a bf16 (GPU) run can share a cache folder
+        key["dtype"] = str(model.dtype).removeprefix("torch.")
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
