@@ -62,7 +62,9 @@ class StaticSession(Session):
         if compile:
             import torch._dynamo
 
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, COMPILED_WIDTHS)
+            cfg = torch._dynamo.config
+            name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+            setattr(cfg, name, max(getattr(cfg, name), COMPILED_WIDTHS))
             self.step_forward = torch.compile(model.lm, dynamic=False)
         self.base = video.n_frames * model.layout.k
         self.min_room = room
