@@ -180,10 +180,10 @@ class CacheWriter:
             raise UserError(f"{self.root}: exists and is not a vococli cache; not removing it")
 
     def _resume(self) -> None:
-        for tmp in self.root.glob("chunk-*.tmp"):  # a write cut short (the process was killed)
-            tmp.unlink()
         if not self.root.is_dir():
             raise UserError(f"{self.root}: exists and is not a cache folder; choose another output")
+        for tmp in self.root.glob("chunk-*.tmp"):  # a write cut short (the process was killed)
+            tmp.unlink()
         try:
             chunks = list_chunks(self.root)
         except UserError as e:  # a damaged chunk

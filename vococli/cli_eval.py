@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .cli_common import DecodeOpt, DeviceOpt, DtypeOpt, ModelOpt, Rate, err, model_path, out, quiet_transformers
-from .errors import UserError, check_output_folder
+from .errors import UserError
 
 
 def eval_command(
@@ -55,7 +55,7 @@ def eval_command(
 
     Rerunning the same command skips the questions already answered.
     """
-    from .eval_run import DEFAULT_SUFFIX, EvalConfig, run_eval
+    from .eval_run import DEFAULT_SUFFIX, EvalConfig, check_run_folder, run_eval
     from .model import load_model
     from .qa_formats import read_questions
     from .video import Sampling
@@ -71,10 +71,12 @@ def eval_command(
         raise UserError("--max-new-tokens must be at least 1")
     if not videos.is_dir():
         raise UserError(f"{videos}: videos folder not found")
-    from .eval_run import RUN_FILE
-
-    caches = cache_dir if cache_dir is not None else out_dir / "caches"
-    check_output_folder(out_dir, RUN_FILE, "an eval run folder", own=(caches.name,))  # before the model loads
+    cfg = EvalConfig(dataset=dataset, videos=videos, out=out_dir, cache_dir=cache_dir,
+                     sampling=Sampling(fps=fps, max_frames=max_frames),
+                     suffix=DEFAULT_SUFFIX if suffix is None else suffix, max_new_tokens=max_new_tokens,
+                     batch_size=batch_size, decode=decode, cache_dtype=cache_dtype,
+                     retry_errors=retry_errors)
+    check_run_folder(cfg)  # before the model loads
     items, detected = read_questions(dataset, qa=qa, questions=questions, answers=answers, fmt=fmt,
                                      mapping=mapping)
     items = items[:limit] if limit else items
@@ -83,11 +85,6 @@ def eval_command(
     m = load_model(model_path(model), device=device, dtype=dtype, voco_tokens=voco_tokens)
     answerer = (load_model(model_path(model), device=device, dtype=dtype, voco_tokens=voco_tokens, vision=False,
                            load_4bit=True) if load_4bit else None)
-    cfg = EvalConfig(dataset=dataset, videos=videos, out=out_dir, cache_dir=cache_dir,
-                     sampling=Sampling(fps=fps, max_frames=max_frames),
-                     suffix=DEFAULT_SUFFIX if suffix is None else suffix, max_new_tokens=max_new_tokens,
-                     batch_size=batch_size, decode=decode, cache_dtype=cache_dtype,
-                     retry_errors=retry_errors)
     progress = Progress(TextColumn("[bold]{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err,
                         disable=not err.is_terminal)

@@ -26,7 +26,7 @@ import torch
 
 from .answer import GenerationConfig, prompt_length
 from .cache_file import load_cache, video_identity
-from .compress import compress_video
+from .compress import DTYPE_NAMES, compress_video
 from .errors import UserError, check_output_folder
 from .fast_decode import open_session, resolve_decode
 from .model import VocoModel
@@ -97,7 +97,7 @@ def run_record(model: VocoModel, cfg: EvalConfig, annotations: list[Path], fmt: 
         "format": RUN_FORMAT, "format_version": RUN_VERSION, "dataset": cfg.dataset, "annotation_format": fmt,
         "annotations": [{"file": str(p), "sha256": file_sha256(p)} for p in annotations],
         "model_path": str(model.path), "model_fingerprint": model.fingerprint, "k": model.layout.k,
-        "dtype": str(model.dtype).removeprefix("torch."), "device": str(model.device),
+        "dtype": DTYPE_NAMES[model.dtype], "device": str(model.device),
         "sampling": cfg.sampling.to_dict(), "cache_dtype": cfg.cache_dtype,
         "answer_weights": answer_weights(answerer or model),
         "decode": resolve_decode(answerer or model, cfg.decode),  # recorded; paths agree up to rounding
@@ -162,7 +162,7 @@ def cache_key(video: Path, model: VocoModel, sampling: Sampling, cache_dtype: st
     if cache_dtype != "auto":  # keeps the names of caches made before the option existed
         key["storage"] = cache_dtype
     if model.dtype != torch.float32:  # a float32 (CPU) and a bf16 (GPU) run can share a cache folder
-        key["dtype"] = str(model.dtype).removeprefix("torch.")
+        key["dtype"] = DTYPE_NAMES[model.dtype]
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -188,6 +188,11 @@ def group_by_video(items: list[QAItem]) -> list[tuple[str, list[QAItem]]]:
     return list(groups.items())
 
 
+def check_run_folder(cfg: EvalConfig) -> None:
+    """`cfg.out` is new, empty (but for its cache folder), or a run folder of its own."""
+    check_output_folder(cfg.out, RUN_FILE, "an eval run folder", own=(cfg.caches.name,))
+
+
 def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations: list[Path], fmt: str,
              on_video: Callable[[int, int], None] | None = None,
              on_item: Callable[[int, int], None] | None = None,
@@ -200,7 +205,7 @@ def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations
     answerer = answerer or model
     if answerer.fingerprint != model.fingerprint:
         raise UserError("the answering model must be the compressing model's checkpoint")
-    check_output_folder(cfg.out, RUN_FILE, "an eval run folder", own=(cfg.caches.name,))
+    check_run_folder(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
     record = run_record(model, cfg, annotations, fmt, answerer)
     run_file, pred_file = cfg.out / RUN_FILE, cfg.out / PREDICTIONS

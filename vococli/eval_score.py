@@ -136,9 +136,10 @@ def write_scores(run: Path, res: RunScores) -> None:
             scores = json.loads(path.read_text())
         except json.JSONDecodeError:
             scores = {}
-    for judge in [j for j, d in scores.items() if not isinstance(d, dict)  # entries older than the hash
+    # drop what scored other predictions; an entry written before entries carried the hash is kept
+    for judge in [j for j, d in scores.items() if not isinstance(d, dict)
                   or d.get("predictions_sha256", res.predictions_sha256) != res.predictions_sha256]:
-        del scores[judge]  # scored other predictions
+        del scores[judge]
         (run / f"accuracy_{judge}.png").unlink(missing_ok=True)
     scores[res.judge] = res.to_dict()
     tmp = path.with_suffix(".json.tmp")
