@@ -95,7 +95,7 @@ def test_four_bit_on_cpu_stays_close_to_full_precision(tiny_ckpt, tiny_model):
     pytest.importorskip("bitsandbytes")
     from vococli.model import load_model
 
-    q4 = load_model(tiny_ckpt, device="cpu", dtype="float32", vision=False, load_4bit=True)
+    q4 = load_model(tiny_ckpt, device="cpu", dtype="float32", vision=False, weights="nf4")
     assert type(q4.lm.model.layers[0].mlp.down_proj).__name__ == "Linear4bit"
     assert q4.llava is None and q4.fingerprint == tiny_model.fingerprint
     video = random_video(tiny_model, 3)

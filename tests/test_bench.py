@@ -23,7 +23,7 @@ def test_bench_measures_every_section(bench_result):
     assert r["compress_video"]["frames"] == 6 and r["compress_video"]["frames_s"] > 0
     rows = r["long"]
     assert [(x["minutes"], x["weights"], x["path"]) for x in rows] == [
-        (m, w, p) for m in (0.2, 0.5) for w in ("float32", "nf4") for p in ("dynamic", "static")]
+        (m, w, p) for m in (0.2, 0.5) for w in ("float32", "nf4", "int4") for p in ("dynamic", "static")]
     assert all("error" not in x and x["ttft_ms"] > 0 and x["decode_tok_s"] > 0 for x in rows), rows
     assert rows[0]["frames"] == 12 and rows[-1]["frames"] == 30
 
@@ -40,7 +40,7 @@ def test_bench_compile_times_the_compiled_paths_and_restores_the_model():
     """--compile adds stage 1 with compiled layers (same keys/values) and the compiled decode path
     on the longest cache; afterwards the layers run their own forward again."""
     cfg = BenchConfig(preset="tiny", sections=("stage1", "long"), minutes=(0.1, 0.2), answer_tokens=4,
-                      repeats=1, compile=True, four_bit=False)
+                      repeats=1, compile=True, quantized=())
     r = run_bench(cfg)
     s = r["compression"]["stage1"]
     assert s["compiled_frames_s"] > 0 and s["compiled_max_diff"] < 1e-5
@@ -58,6 +58,21 @@ def test_compiled_layers_are_undone(tiny_model):
     assert all("forward" not in vars(layer) for layer in layers)
 
 
+def test_module_bytes_counts_what_4bit_weights_hold(tiny_model):
+    """int4 (a torchao tensor subclass) holds packed nibbles plus a bf16 scale and zero per group."""
+    from vococli.arch import answering_model
+    from vococli.bench_timing import module_bytes
+    from vococli.quantize import int4_group_size
+
+    layers = tiny_model.language_model.layers
+    full = module_bytes(layers)
+    q4 = module_bytes(answering_model(tiny_model, "int4").language_model.layers)
+    linear_weights = sum(m.weight.numel() for m in layers.modules() if isinstance(m, torch.nn.Linear))
+    groups = sum(m.weight.numel() // int4_group_size(m.in_features) for m in layers.modules() if isinstance(m, torch.nn.Linear))
+    norms = full - 4 * linear_weights
+    assert q4 - norms == pytest.approx(linear_weights / 2 + groups * 2 * 2, rel=0.1)
+
+
 def test_kv_bytes():
     class M:  # a 7B-shaped model in bf16: 1 MiB per frame at K=2
         text_config = type("C", (), {"num_hidden_layers": 32, "num_key_value_heads": 32, "hidden_size": 4096,
@@ -72,7 +87,7 @@ def test_bench_cli_json_and_bad_flags():
     data = json.loads(res.stdout)
     assert [row["cached_tokens"] for row in data["table7"]][1:] == [18, 2]
     for args, word in [(["--sections", "vision,nope"], "nope"), (["--minutes", "1,x"], "--minutes"),
-                       (["--preset", "gpt-9"], "--preset")]:
+                       (["--preset", "gpt-9"], "--preset"), (["--weights", "nf4,fp8"], "--weights")]:
         bad = run("bench", *args)
         assert bad.returncode == 1 and word in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 

@@ -161,6 +161,12 @@ def test_four_bit_answering_is_its_own_run(dataset, reference, tmp_path):
     assert q4 and sum(full[x["id"]] == x["pred"] for x in q4) >= len(q4) * 0.7, q4
     r = run(*eval_args(root, ref_out, "--load-4bit"))
     assert r.returncode == 1 and "different answer_weights" in r.stderr
+    r = run(*eval_args(root, out, "--weights", "int4"))
+    assert r.returncode == 1 and "different answer_weights" in r.stderr
+    int4 = tmp_path / "int4"
+    r = run(*eval_args(root, int4, "--cache-dir", ref_out.parent / "caches", "--weights", "int4", "--limit", "4"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((int4 / "run.json").read_text())["answer_weights"] == "int4"
 
 
 def test_bad_input_is_one_line(dataset, tmp_path):

@@ -102,12 +102,12 @@ def greedy_tokens(session, ids: list[int], steps: int) -> list[int]:
     return tokens
 
 
-def check_within_rounding(ckpt, tiny_model, device: str, four_bit: bool = False, steps: int = 32) -> None:
+def check_within_rounding(ckpt, tiny_model, device: str, weights: str = "full", steps: int = 32) -> None:
     """The compiled decode against the plain one in bf16, judged by what bf16 itself costs.
 
     Tokens: the float32 plain path's greedy answer, fed to every path. Rounding scale `r`: the
     largest distance of the plain bf16 logits from the float32 ones. The compiled path must stay
-    within 2r (+ 1e-3) of the plain path on the same weights (bf16 or nf4), and pick the same
+    within 2r (+ 1e-3) of the plain path on the same weights (bf16, nf4 or int4), and pick the same
     greedy token at every step where the plain top two logits are more than 4r apart (closer ties
     may flip under any change of summation order, fused kernels included).
     """
@@ -115,7 +115,7 @@ def check_within_rounding(ckpt, tiny_model, device: str, four_bit: bool = False,
 
     f32 = load_model(ckpt, device=device, dtype="float32", vision=False)
     bf16 = load_model(ckpt, device=device, dtype="bfloat16", vision=False)
-    model = load_model(ckpt, device=device, dtype="bfloat16", vision=False, load_4bit=True) if four_bit else bf16
+    model = load_model(ckpt, device=device, dtype="bfloat16", vision=False, weights=weights) if weights != "full" else bf16
     video = random_video(tiny_model, 6, seed=2)
     ids = Session(f32, video)._prompt_ids("what is here?")
     tokens = greedy_tokens(Session(f32, video), ids, steps)

@@ -19,12 +19,14 @@ def test_two_stage_equivalence_bf16(tiny_ckpt, attn):
     assert (ref - got).abs().max() < 5e-2 * max(1.0, ref.abs().max().item())
 
 
-def test_four_bit_answers(tiny_ckpt, tiny_model):
+@pytest.mark.parametrize("weights", ["nf4", "int4"])
+def test_four_bit_answers(tiny_ckpt, tiny_model, weights):
     from test_answer import random_video
+    from vococli.quantize import weights_of
 
     fp = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False)
-    q4 = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False, load_4bit=True)
-    assert "4bit" in type(q4.lm.model.layers[0].mlp.down_proj).__name__.lower()
+    q4 = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False, weights=weights)
+    assert weights_of(q4.lm) == weights
     video = random_video(tiny_model, 4)
     gen = GenerationConfig(max_new_tokens=8)
     a = Session(fp, video).ask("what is here?", gen)
@@ -32,13 +34,28 @@ def test_four_bit_answers(tiny_ckpt, tiny_model):
     assert len(a.token_ids) >= 1 and len(b.token_ids) >= 1
 
 
-@pytest.mark.parametrize("four_bit", [False, True])
-def test_graph_decode_gives_the_plain_tokens(tiny_ckpt, tiny_model, four_bit):
+def test_int4_on_gpu_computes_with_the_group_quantised_weights(tiny_ckpt, tiny_model):
+    """tinygemm (padded, tile-packed) against the same weights quantised by hand, both bf16."""
+    from test_answer import random_video
+    from test_quantize import group_quantised, prompt_logits
+    from vococli.quantize import int4_group_size
+
+    q4 = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False, weights="int4")
+    ref = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False)
+    for lin in [m for m in ref.lm.model.layers.modules() if isinstance(m, torch.nn.Linear)]:
+        lin.weight.data = group_quantised(lin.weight.data, int4_group_size(lin.in_features)).to(torch.bfloat16)
+    video = random_video(tiny_model, 3)
+    expected, got = prompt_logits(ref, video).float(), prompt_logits(q4, video).float()
+    assert (got - expected).abs().max() < 5e-2 * max(1.0, expected.abs().max().item())
+
+
+@pytest.mark.parametrize("weights", ["full", "nf4", "int4"])
+def test_graph_decode_gives_the_plain_tokens(tiny_ckpt, tiny_model, weights):
     """The pre-allocated cache with a CUDA-graph decode step answers exactly like the plain path."""
     from test_answer import random_video
     from vococli.fast_decode import StaticSession
 
-    m = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False, load_4bit=four_bit)
+    m = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False, weights=weights)
     video = random_video(tiny_model, 6, seed=2)
     gen = GenerationConfig(max_new_tokens=24)
     plain, graph = Session(m, video), StaticSession(m, video, graph=True, room=8)
@@ -53,14 +70,14 @@ def test_graph_decode_gives_the_plain_tokens(tiny_ckpt, tiny_model, four_bit):
         torch.testing.assert_close(graph._decode(tok), plain._decode(tok), atol=2e-2, rtol=2e-2)
 
 
-@pytest.mark.parametrize("four_bit", [False, True])
-def test_compiled_decode_gives_the_plain_tokens_within_rounding(tiny_ckpt, tiny_model, four_bit):
+@pytest.mark.parametrize("weights", ["full", "nf4", "int4"])
+def test_compiled_decode_gives_the_plain_tokens_within_rounding(tiny_ckpt, tiny_model, weights):
     """--decode compiled on CUDA (torch.compile'd step inside a CUDA graph) against the plain path:
     logits within twice bf16's own rounding, the same greedy token wherever the top two are not
     tied within it (the rule in test_fast_decode.check_within_rounding)."""
     from test_fast_decode import check_within_rounding
 
-    check_within_rounding(tiny_ckpt, tiny_model, "cuda", four_bit=four_bit)
+    check_within_rounding(tiny_ckpt, tiny_model, "cuda", weights=weights)
 
 
 def test_compression_fast_path_bf16(tiny_ckpt):

@@ -16,6 +16,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForCon
 
 from .errors import UserError
 from .model import IMAGE_TOKEN, ImageSpec, VocoModel, read_layout
+from .quantize import quantize_decoder
 from .tiny import PRESETS as TINY_PRESETS
 from .tiny import build_tokenizer, tiny_llava_config
 
@@ -99,9 +100,9 @@ def random_model(name: str, device: torch.device, dtype: torch.dtype, voco_token
                      dtype=dtype)
 
 
-def answering_model(model: VocoModel, load_4bit: bool = False) -> VocoModel:
-    """The language-model-only view of a loaded model that answering uses; with `load_4bit`, a copy
-    whose decoder Linear layers are nf4 (bitsandbytes), as `load_model(..., load_4bit=True)` gives."""
+def answering_model(model: VocoModel, weights: str = "full") -> VocoModel:
+    """The language-model-only view of a loaded model that answering uses; with `weights` "nf4" or
+    "int4", a copy whose decoder Linear weights are 4-bit, as `load_model(..., weights=...)` gives."""
     from dataclasses import replace
 
     from transformers import LlamaForCausalLM
@@ -112,63 +113,5 @@ def answering_model(model: VocoModel, load_4bit: bool = False) -> VocoModel:
     lm.model = model.language_model
     lm.lm_head = model.lm.lm_head
     lm.eval()
-    if load_4bit:
-        lm = quantize_decoder_4bit(lm, model.dtype)
-    return replace(model, lm=lm, llava=None)
-
-
-def quantize_decoder_4bit(lm: torch.nn.Module, compute_dtype: torch.dtype) -> torch.nn.Module:
-    """Replace every Linear of the decoder layers with a bitsandbytes nf4 Linear4bit (in place on a
-    copy of the module list; the head and embeddings stay in full precision)."""
-    try:
-        import bitsandbytes as bnb
-    except Exception as e:
-        raise UserError(f"4-bit answering needs bitsandbytes, which cannot be loaded here: {e}") from None
-    q = _module_copy(lm)
-    q.model = _module_copy(lm.model)
-    layers = torch.nn.ModuleList()
-    for layer in lm.model.layers:
-        new = _tree_copy(layer)
-        for name, child in _linears(new):
-            parent, attr = _parent(new, name)
-            ql = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                   compute_dtype=compute_dtype, compress_statistics=False, quant_type="nf4",
-                                   device="meta")
-            ql.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=False,
-                                          quant_type="nf4").to(child.weight.device)
-            if child.bias is not None:
-                ql.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
-            setattr(parent, attr, ql)
-        layers.append(new)
-    q.model.layers = layers
-    return q
-
-
-def _module_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """A shallow copy whose child/parameter/buffer tables are its own (tensors stay shared)."""
-    import copy
-
-    new = copy.copy(module)
-    new._modules = dict(module._modules)
-    new._parameters = dict(module._parameters)
-    new._buffers = dict(module._buffers)
-    return new
-
-
-def _tree_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """`_module_copy` applied to every submodule: the structure can be changed, the tensors are shared."""
-    new = _module_copy(module)
-    new._modules = {k: _tree_copy(v) for k, v in module._modules.items()}
-    return new
-
-
-def _linears(module: torch.nn.Module):
-    return [(n, m) for n, m in module.named_modules() if type(m) is torch.nn.Linear]
-
-
-def _parent(root: torch.nn.Module, name: str):
-    *path, attr = name.split(".")
-    mod = root
-    for p in path:
-        mod = getattr(mod, p)
-    return mod, attr
+    lm = quantize_decoder(lm, weights, model.dtype)
+    return replace(model, lm=lm, llava=None, weights=weights)

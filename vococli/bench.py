@@ -9,7 +9,7 @@ One run measures, on one device:
   cached keys/values, and from K VoCo tokens;
 - answering over long caches (minutes of video at 1 fps): time to first token and decode tokens/s
   for the plain (dynamic cache) path and the pre-allocated + CUDA-graph path, in the model's dtype
-  and in nf4, with peak memory and the decode limit that memory bandwidth implies.
+  and with 4-bit weights (nf4, int4), with peak memory and the decode limit that memory bandwidth implies.
 
 Times are medians of `repeats` runs after a warm-up, taken with synchronised timers
 (bench_timing.py); the answering sections are in bench_answer.py.
@@ -223,11 +223,11 @@ def run_bench(cfg: BenchConfig, report: Callable[[str, object], None] = lambda k
         section("table7", lambda: table7(cfg, model, lm))
     if "long" in cfg.sections:
         models = {str(cfg.dtype)[6:]: lm}
-        if cfg.four_bit:
+        for weights in cfg.quantized:
             try:
-                models["nf4"] = answering_model(model, load_4bit=True)
+                models[weights] = answering_model(model, weights)
             except Exception as e:
-                result["nf4_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                result[f"{weights}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         if cfg.device.type == "cuda":  # the vision tower is not needed to answer
             model.llava.model.vision_tower.to("meta")
             torch.cuda.empty_cache()

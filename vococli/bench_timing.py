@@ -25,7 +25,7 @@ class BenchConfig:
     minutes: tuple[float, ...] = (1, 10, 60)
     answer_tokens: int = 64
     repeats: int = 3
-    four_bit: bool = True
+    quantized: tuple[str, ...] = ("nf4", "int4")  # 4-bit answering models timed beside the full one
     compile: bool = False  # also time the compiled decode path (longest cache only)
     sections: tuple[str, ...] = SECTIONS
 
@@ -75,11 +75,25 @@ def gib(n: float | None) -> float | None:
 def module_bytes(module: torch.nn.Module) -> int:
     seen, total = set(), 0
     for t in list(module.parameters()) + list(module.buffers()):
-        if t.data_ptr() in seen or t.device.type == "meta":
+        key = _inner(t).data_ptr()  # a wrapper subclass has no storage of its own
+        if key in seen or t.device.type == "meta":
             continue
-        seen.add(t.data_ptr())
-        total += t.numel() * t.element_size()
-        qs = getattr(t, "quant_state", None)  # nf4 absmax and friends
-        if qs is not None and getattr(qs, "absmax", None) is not None:
-            total += qs.absmax.numel() * qs.absmax.element_size()
+        seen.add(key)
+        total += tensor_bytes(t)
+    return total
+
+
+def _inner(t: torch.Tensor) -> torch.Tensor:
+    return _inner(getattr(t, t.__tensor_flatten__()[0][0])) if hasattr(t, "__tensor_flatten__") else t
+
+
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a tensor holds; for a wrapper subclass (torchao's int4) the sum of its inner tensors."""
+    if hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    total = t.numel() * t.element_size()
+    qs = getattr(t, "quant_state", None)  # nf4 absmax and friends
+    if qs is not None and getattr(qs, "absmax", None) is not None:
+        total += qs.absmax.numel() * qs.absmax.element_size()
     return total

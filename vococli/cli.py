@@ -13,7 +13,8 @@ from typing import Optional
 
 import typer
 
-from .cli_common import DecodeOpt, DeviceOpt, DtypeOpt, ModelOpt, Rate, err, model_path, out, progress_bar, quiet_transformers
+from .cli_common import (DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, Rate, WeightsOpt, answer_weights, err,
+                         model_path, out, progress_bar, quiet_transformers)
 from .cli_bench import bench_command
 from .cli_eval import eval_command, score_command
 from .cli_training import experiment_table1, synth, tiny_model, train
@@ -93,7 +94,7 @@ def _gen_config(max_new_tokens: int, temperature: float, top_p: float, seed: int
     return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
 
 
-def _load_for_answering(cache: Path, model, device, dtype, load_4bit, subsample, reserve):
+def _load_for_answering(cache: Path, model, device, dtype, weights, subsample, reserve):
     """Load the answering model and the cache, fitted to the context; `reserve(model)` is the
     number of positions the prompt and the answer need after the frames."""
     from .cache_file import load_cache, read_info
@@ -102,7 +103,7 @@ def _load_for_answering(cache: Path, model, device, dtype, load_4bit, subsample,
 
     quiet_transformers()
     info = read_info(cache)  # validates the cache before the model is loaded
-    m = load_model(model_path(model), device=device, dtype=dtype, vision=False, load_4bit=load_4bit,
+    m = load_model(model_path(model), device=device, dtype=dtype, vision=False, weights=weights,
                    voco_tokens=info["k"])
     video = load_cache(cache, fingerprint=m.fingerprint)
     return m, fit_to_context(m, video, reserve(m), subsample, notice=lambda s: err.print(s))
@@ -119,7 +120,8 @@ def ask(
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass (with --temperature)."),
     seed: int = typer.Option(0, help="Seed for sampling."),
     stream: bool = typer.Option(False, help="Print answer tokens as they are generated."),
-    load_4bit: bool = typer.Option(False, "--load-4bit", help="Load the language model in 4-bit nf4 (bitsandbytes)."),
+    weights: str = WeightsOpt,
+    load_4bit: bool = Load4bitOpt,
     subsample: bool = typer.Option(False, help="Use evenly spaced frames when the cache exceeds the context."),
     decode: str = DecodeOpt,
     device: str = DeviceOpt,
@@ -131,13 +133,14 @@ def ask(
     from .fast_decode import check_decode, open_session
 
     check_decode(decode)
+    weights = answer_weights(weights, load_4bit)
     qs = ([question] if question else []) + list(questions)
     if not qs:
         raise UserError("give a question (ask CACHE \"question\" or -q \"question\")")
     gen = _gen_config(max_new_tokens, temperature, top_p, seed)
     from .answer import prompt_length
 
-    m, video = _load_for_answering(cache, model, device, dtype, load_4bit, subsample,
+    m, video = _load_for_answering(cache, model, device, dtype, weights, subsample,
                                    lambda m: max(prompt_length(m, q) for q in qs) + max_new_tokens)
     session = open_session(m, video, decode)
     results = []
@@ -171,7 +174,8 @@ def chat(
     temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass (with --temperature)."),
     seed: int = typer.Option(0, help="Seed for sampling."),
-    load_4bit: bool = typer.Option(False, "--load-4bit", help="Load the language model in 4-bit nf4 (bitsandbytes)."),
+    weights: str = WeightsOpt,
+    load_4bit: bool = Load4bitOpt,
     subsample: bool = typer.Option(False, help="Use evenly spaced frames when the cache exceeds the context."),
     decode: str = DecodeOpt,
     device: str = DeviceOpt,
@@ -184,9 +188,10 @@ def chat(
     from .fast_decode import check_decode, open_session
 
     check_decode(decode)
+    weights = answer_weights(weights, load_4bit)
     gen = _gen_config(max_new_tokens, temperature, top_p, seed)
     # room for a few turns; a conversation that outgrows it is told to /reset
-    m, video = _load_for_answering(cache, model, device, dtype, load_4bit, subsample,
+    m, video = _load_for_answering(cache, model, device, dtype, weights, subsample,
                                    lambda m: 512 + max_new_tokens)
     session = open_session(m, video, decode)
     err.print(f"[dim]{video.n_frames} frames loaded. /reset forgets earlier turns, /quit ends.[/dim]")

@@ -30,7 +30,9 @@ def bench_command(
                                 "1-fps video."),
     answer_tokens: int = typer.Option(64, help="Tokens generated per answer (end-of-sequence ignored)."),
     repeats: int = typer.Option(3, help="Timed repetitions per measurement (the median is reported)."),
-    four_bit: bool = typer.Option(True, "--4bit/--no-4bit", help="Also answer with the nf4 (bitsandbytes) model."),
+    weights: str = typer.Option("nf4,int4", "--weights", help="4-bit answering models timed beside the full one, "
+                                "comma-separated: nf4 (bitsandbytes), int4 (torchao)."),
+    four_bit: bool = typer.Option(True, "--4bit/--no-4bit", help="--no-4bit: time no 4-bit model."),
     compile: bool = typer.Option(False, "--compile", help="Also time the compiled decode path "
                                  "(`--decode compiled`) on the longest cache, and stage 1 with its layers "
                                  "compiled."),
@@ -68,11 +70,14 @@ def bench_command(
         raise UserError("--batch-size must be at least 1")
     if video is not None and not video.is_file():
         raise UserError(f"{video}: video file not found")
+    quantized = tuple(w.strip() for w in weights.split(",") if w.strip()) if four_bit else ()
+    if any(w not in ("nf4", "int4") for w in quantized):
+        raise UserError(f"--weights {weights!r}: give nf4, int4 or both, separated by a comma")
     quiet_transformers()
     dev = resolve_device(device)
     cfg = BenchConfig(preset=preset, device=dev, dtype=resolve_dtype(dtype, dev), voco_tokens=voco_tokens,
                       batch_size=batch_size, video_frames=video_frames, video=video, minutes=lengths,
-                      answer_tokens=answer_tokens, repeats=repeats, four_bit=four_bit, compile=compile,
+                      answer_tokens=answer_tokens, repeats=repeats, quantized=quantized, compile=compile,
                       sections=chosen)
     if not as_json:
         out.print(f"[bold]vococli bench[/bold]: preset {preset}, {cfg.dtype}, K={voco_tokens}, "
@@ -88,6 +93,9 @@ def bench_command(
             print_section(name, value)
 
     result = run_bench(cfg, report=report)
+    for w in quantized:
+        if f"{w}_error" in result:
+            err.print(f"[red]{w} answering model not built: {result[f'{w}_error']}[/red]")
     if save is not None:
         save.write_text(json.dumps(result, indent=1) + "\n")
     if as_json:

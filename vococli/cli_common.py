@@ -15,6 +15,22 @@ DtypeOpt = typer.Option("auto", help="float32, bfloat16 or float16 (auto: bf16 o
 DecodeOpt = typer.Option("auto", help="Answering path: dynamic (growing cache), static (pre-allocated cache), "
                          "graph (static + CUDA-graph decode step), compiled (graph with a torch.compile'd "
                          "step; compiles once per process and cache size); auto: graph on GPU, dynamic on CPU.")
+WeightsOpt = typer.Option("full", "--weights", help="The language model's weights while answering: full (the "
+                          "--dtype), nf4 (bitsandbytes 4-bit) or int4 (torchao weight-only 4-bit; bfloat16 on GPU).")
+Load4bitOpt = typer.Option(False, "--load-4bit", help="The same as --weights nf4.")
+
+
+def answer_weights(weights: str, load_4bit: bool) -> str:
+    """The --weights value, with --load-4bit as its older spelling of nf4."""
+    from .errors import UserError
+    from .quantize import check_weights
+
+    check_weights(weights)
+    if load_4bit:
+        if weights not in ("full", "nf4"):
+            raise UserError(f"--load-4bit means --weights nf4; it cannot be combined with --weights {weights}")
+        return "nf4"
+    return weights
 
 
 def model_path(model: str | None) -> str:
@@ -29,14 +45,31 @@ def model_path(model: str | None) -> str:
 def quiet_transformers() -> None:
     import logging
 
+    import warnings
+
     import transformers
 
-    # bitsandbytes warns at import, on CPUs with AVX512-BF16, that an optional kernel package from
-    # the model hub is missing; its own CPU kernels work without it
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # torch.compile asks tensor subclasses (int4 weights) for a hash it uses only to cache compiled
+    # graphs across processes; without one it compiles each process, which is what it does anyway
+    warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching")
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
+
+
+def _quiet_imports() -> None:
+    """Silence what libraries log when imported (the CLI imports them, so before that)."""
+    import logging
+
+    # bitsandbytes warns, on CPUs with AVX512-BF16, that an optional kernel package from the model
+    # hub is missing (its own CPU kernels work without it); torchao (also imported by transformers
+    # whenever it is installed) that native kernels built for other Pythons and GPUs do not load,
+    # and torch that torchao registers enums the old way. int4 needs neither.
+    for name in ("bitsandbytes", "torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+_quiet_imports()
 
 
 class Rate:

@@ -13,7 +13,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .cli_common import DecodeOpt, DeviceOpt, DtypeOpt, ModelOpt, Rate, err, model_path, out, quiet_transformers
+from .cli_common import (DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, Rate, WeightsOpt, answer_weights, err,
+                         model_path, out, quiet_transformers)
 from .errors import UserError
 
 
@@ -43,8 +44,9 @@ def eval_command(
         None, help="Frames per forward pass while compressing (default: from free GPU memory; 8 on CPU)."),
     retry_errors: bool = typer.Option(False, help="Ask again the questions whose video failed in an earlier run."),
     decode: str = DecodeOpt,
-    load_4bit: bool = typer.Option(False, "--load-4bit", help="Answer with the language model in 4-bit nf4 "
-                                   "(bitsandbytes); videos are still compressed at full precision."),
+    weights: str = typer.Option("full", "--weights", help="The language model's weights while answering: full, "
+                                "nf4 (bitsandbytes) or int4 (torchao); videos are still compressed at full precision."),
+    load_4bit: bool = Load4bitOpt,
     cache_dtype: str = typer.Option("auto", help="Storage of the cached keys/values: auto (the model's dtype) "
                                     "or int8."),
     device: str = DeviceOpt,
@@ -64,6 +66,7 @@ def eval_command(
     from .kv_quant import check_storage
 
     check_decode(decode)
+    weights = answer_weights(weights, load_4bit)
     check_storage(cache_dtype)
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
@@ -84,7 +87,7 @@ def eval_command(
     quiet_transformers()
     m = load_model(model_path(model), device=device, dtype=dtype, voco_tokens=voco_tokens)
     answerer = (load_model(model_path(model), device=device, dtype=dtype, voco_tokens=voco_tokens, vision=False,
-                           load_4bit=True) if load_4bit else None)
+                           weights=weights) if weights != "full" else None)
     progress = Progress(TextColumn("[bold]{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err,
                         disable=not err.is_terminal)

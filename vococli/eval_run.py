@@ -85,11 +85,6 @@ def versions() -> dict:
             "transformers": transformers.__version__, "numpy": numpy.__version__}
 
 
-def answer_weights(model: VocoModel) -> str:
-    """"nf4" when the answering model's decoder is 4-bit, else "full" (the model's dtype)."""
-    return "nf4" if any("4bit" in type(m).__name__.lower() for m in model.lm.modules()) else "full"
-
-
 def run_record(model: VocoModel, cfg: EvalConfig, annotations: list[Path], fmt: str,
                answerer: VocoModel | None = None) -> dict:
     template = model.tokenizer.chat_template or ""
@@ -99,7 +94,7 @@ def run_record(model: VocoModel, cfg: EvalConfig, annotations: list[Path], fmt: 
         "model_path": str(model.path), "model_fingerprint": model.fingerprint, "k": model.layout.k,
         "dtype": DTYPE_NAMES[model.dtype], "device": str(model.device),
         "sampling": cfg.sampling.to_dict(), "cache_dtype": cfg.cache_dtype,
-        "answer_weights": answer_weights(answerer or model),
+        "answer_weights": (answerer or model).weights,
         "decode": resolve_decode(answerer or model, cfg.decode),  # recorded; paths agree up to rounding
         "prompt": {"suffix": cfg.suffix, "chat_template": template,
                    "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()},

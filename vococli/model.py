@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+from .quantize import check_weights, quantize_decoder
 
 IMAGE_TOKEN = "<image>"
 VOCO_TOKEN = "<voco>"
@@ -65,6 +66,7 @@ class VocoModel:
     path: str
     device: torch.device
     dtype: torch.dtype
+    weights: str = "full"  # the decoder's Linear weights: "full" (dtype), "nf4" or "int4" (quantize.WEIGHTS)
 
     @property
     def text_config(self):
@@ -182,7 +184,7 @@ def _bnb_config(compute_dtype: torch.dtype):
     try:
         import bitsandbytes  # noqa: F401
     except Exception as e:  # ImportError, or a broken native library
-        raise UserError(f"--load-4bit needs bitsandbytes, which cannot be loaded here: {e}") from None
+        raise UserError(f"--weights nf4 needs bitsandbytes, which cannot be loaded here: {e}") from None
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
@@ -191,12 +193,12 @@ def _bnb_config(compute_dtype: torch.dtype):
 
 
 def load_model(path: str | Path, device: str | None = None, dtype: str | None = None,
-               vision: bool = True, load_4bit: bool = False, voco_tokens: int | None = None,
+               vision: bool = True, weights: str = "full", voco_tokens: int | None = None,
                attn: str | None = None, allow_baseline: bool = False) -> VocoModel:
     """Load a VoCo checkpoint folder.
 
     With `vision=False` only the language model and its head are loaded (all that answering
-    needs); `load_4bit` quantises that language model to nf4 with bitsandbytes. Baseline
+    needs); `weights` "nf4" or "int4" makes that language model's decoder 4-bit (quantize.py). Baseline
     checkpoints of `vococli experiment` (avg-pool) load only with `allow_baseline`.
     """
     import transformers
@@ -205,8 +207,9 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | None = 
     path = _check_folder(path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    if load_4bit and vision:
-        raise UserError("--load-4bit is for answering only; compress with the full-precision model")
+    check_weights(weights)
+    if weights != "full" and vision:
+        raise UserError(f"--weights {weights} is for answering only; compress with the full-precision model")
     config = AutoConfig.from_pretrained(path)
     if config.model_type != "llava":
         raise UserError(f"{path}: model type {config.model_type!r}, expected a llava checkpoint")
@@ -223,7 +226,7 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | None = 
         lm = llava
     else:
         llava = None
-        if load_4bit:
+        if weights == "nf4":  # quantised while loading: the full weights never sit on the device
             kwargs["quantization_config"] = _bnb_config(dt)
             kwargs["device_map"] = {"": dev}
         # Read only the language model's weights out of the Llava checkpoint.
@@ -237,9 +240,11 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | None = 
             lm = LlamaForCausalLM.from_pretrained(path, config=config.text_config, key_mapping=mapping, **kwargs)
         finally:
             transformers.logging.set_verbosity(verbosity)
-        if not load_4bit:
+        if weights != "nf4":
             lm = lm.to(dev)
         lm.eval()
+        if weights == "int4":
+            lm = quantize_decoder(lm, weights, dt)
     return VocoModel(lm=lm, llava=llava, tokenizer=tokenizer, layout=layout,
                      image=read_image_spec(path, config), fingerprint=fingerprint_checkpoint(path),
-                     path=os.fspath(path), device=dev, dtype=dt)
+                     path=os.fspath(path), device=dev, dtype=dt, weights=weights)

@@ -1,0 +1,88 @@
+"""4-bit answering weights: int4 computes with exactly the group-wise quantised weights, on every
+answering path; choosing the kind from the command line."""
+
+import pytest
+import torch
+
+from test_answer import random_video
+from test_cli import compressed, run  # noqa: F401 (a fixture)
+from vococli.answer import GenerationConfig, Session, forward_tokens
+from vococli.arch import answering_model
+from vococli.errors import UserError
+from vococli.fast_decode import StaticSession
+from vococli.layout import text_start
+from vococli.quantize import int4_group_size, weights_of
+
+pytest.importorskip("torchao")
+
+
+def group_quantised(w: torch.Tensor, group: int) -> torch.Tensor:
+    """Asymmetric 4-bit per group of `group` inputs, written out here: w ~ min + q * (max - min) / 15."""
+    g = w.float().reshape(w.shape[0], -1, group)
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    step = (hi - lo).clamp(min=1e-6) / 15
+    return (((g - lo) / step).round().clamp(0, 15) * step + lo).reshape(w.shape)
+
+
+def prompt_logits(model, video):
+    ids = torch.tensor([model.tokenizer("\\n USER: what? ASSISTANT:", add_special_tokens=False)["input_ids"]])
+    return forward_tokens(model, ids, video.past_key_values(model), text_start(model.layout, video.n_frames))
+
+
+def test_int4_decoder_computes_with_the_group_quantised_weights(tiny_ckpt, tiny_model):
+    from vococli.model import load_model
+
+    q4 = load_model(tiny_ckpt, device="cpu", dtype="float32", vision=False, weights="int4")
+    assert q4.weights == weights_of(q4.lm) == "int4" and q4.fingerprint == tiny_model.fingerprint
+    ref = load_model(tiny_ckpt, device="cpu", dtype="float32", vision=False)
+    linears = [m for m in ref.lm.model.layers.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears
+    for lin in linears:
+        lin.weight.data = group_quantised(lin.weight.data, int4_group_size(lin.in_features))
+    video = random_video(tiny_model, 3)
+    expected, got = prompt_logits(ref, video), prompt_logits(q4, video)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    full = prompt_logits(tiny_model, video)
+    assert not torch.allclose(got, full, atol=1e-3)  # the weights really are 4-bit
+    assert torch.nn.functional.cosine_similarity(got, full).item() > 0.9
+
+
+def test_answering_model_quantises_a_copy(tiny_model):
+    video = random_video(tiny_model, 2)
+    before = prompt_logits(tiny_model, video)
+    q4 = answering_model(tiny_model, "int4")
+    assert q4.weights == "int4" and weights_of(q4.lm) == "int4"
+    assert weights_of(tiny_model.language_model) == "full"
+    torch.testing.assert_close(prompt_logits(tiny_model, video), before, atol=0, rtol=0)
+    with pytest.raises(UserError, match="--weights"):
+        answering_model(tiny_model, "int3")
+
+
+def test_int4_answers_alike_on_every_cpu_path(tiny_model):
+    """The static buffer and the compiled step run on int4 weights (a tensor subclass) and give the
+    plain path's tokens and logits."""
+    import torch._dynamo
+
+    q4 = answering_model(tiny_model, "int4")
+    video = random_video(q4, 4, seed=6)
+    gen = GenerationConfig(max_new_tokens=10)
+    plain = Session(q4, video).ask("what is here?", gen).token_ids
+    assert StaticSession(q4, video).ask("what is here?", gen).token_ids == plain
+    torch._dynamo.reset()
+    p, c = Session(q4, video), StaticSession(q4, video, compile=True)
+    ids = p._prompt_ids("what is here?")
+    torch.testing.assert_close(c._prefill(ids, 0), p._prefill(ids, 0), atol=1e-5, rtol=1e-5)
+    for tok in [5, 8, 13]:
+        torch.testing.assert_close(c._decode(tok), p._decode(tok), atol=1e-5, rtol=1e-5)
+
+
+def test_ask_with_int4_weights(compressed, tiny_ckpt):
+    cache, _ = compressed
+    r = run("ask", cache, "what is here?", "--model", tiny_ckpt, "--weights", "int4", "--max-new-tokens", "4",
+            "--json")
+    assert r.returncode == 0, r.stderr
+    assert "torchao" not in r.stderr and "Failed to load" not in r.stderr
+    r = run("ask", cache, "what?", "--model", tiny_ckpt, "--weights", "int4", "--load-4bit")
+    assert r.returncode == 1 and "--load-4bit means --weights nf4" in r.stderr
+    r = run("ask", cache, "what?", "--model", tiny_ckpt, "--weights", "int2")
+    assert r.returncode == 1 and "choose one of full, nf4, int4" in r.stderr
