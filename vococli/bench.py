@@ -252,8 +252,9 @@ def versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"torch": torch.__version__, "transformers": transformers.__version__}
-    try:
-        out["bitsandbytes"] = version("bitsandbytes")
-    except PackageNotFoundError:
-        pass
+    for name in ("bitsandbytes", "torchao"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
     return out
