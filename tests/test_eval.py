@@ -166,7 +166,8 @@ def test_four_bit_answering_is_its_own_run(dataset, reference, tmp_path):
     int4 = tmp_path / "int4"
     r = run(*eval_args(root, int4, "--cache-dir", ref_out.parent / "caches", "--weights", "int4", "--limit", "4"))
     assert r.returncode == 0, r.stderr
-    assert json.loads((int4 / "run.json").read_text())["answer_weights"] == "int4"
+    record = json.loads((int4 / "run.json").read_text())
+    assert record["answer_weights"] == "int4" and "torchao" in record["versions"]
 
 
 def test_bad_input_is_one_line(dataset, tmp_path):

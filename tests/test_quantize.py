@@ -24,6 +24,34 @@ def group_quantised(w: torch.Tensor, group: int) -> torch.Tensor:
     return (((g - lo) / step).round().clamp(0, 15) * step + lo).reshape(w.shape)
 
 
+def tinygemm_reference(w: torch.Tensor, group: int):
+    """The weights tinygemm multiplies by, and each group's step, computed in the weight's own dtype
+    (scale and zero point are stored in it): zero = min + 8 step, w ~ (q - 8) step + zero."""
+    g = w.reshape(w.shape[0], -1, group)
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    step = ((hi - lo) / 15).clamp(min=torch.finfo(w.dtype).smallest_normal)
+    zero = lo + step * 8
+    q = ((g - (zero - step * 8)) / step).round().clamp(0, 15)
+    return ((q - 8) * step + zero).float(), step.float()
+
+
+def check_int4_linears(q4, full, tol: float = 0.25) -> int:
+    """Every quantised Linear of `q4`, read back through its own kernel (fed the identity matrix),
+    holds the reference weights of the matching Linear of `full` to within `tol` of a step; a wrong
+    group size, zero point or rounding, or unquantised weights, are off by up to half a step."""
+    pairs = [(a, b) for a, b in zip(q4.lm.model.layers.modules(), full.lm.model.layers.modules())
+             if isinstance(a, torch.nn.Linear)]
+    for lin, ref in pairs:
+        k = lin.in_features
+        eye = torch.eye(k, dtype=full.dtype, device=full.device)
+        got = (lin(eye) - lin(torch.zeros_like(eye))).float().T  # (out, in), bias removed
+        group = int4_group_size(k)
+        want, step = tinygemm_reference(ref.weight.data, group)
+        err = (got.reshape(want.shape) - want).abs()
+        assert (err <= tol * step + 1e-6).all(), (err / step).max().item()
+    return len(pairs)
+
+
 def prompt_logits(model, video):
     ids = torch.tensor([model.tokenizer("\\n USER: what? ASSISTANT:", add_special_tokens=False)["input_ids"]])
     return forward_tokens(model, ids, video.past_key_values(model), text_start(model.layout, video.n_frames))
@@ -47,6 +75,14 @@ def test_int4_decoder_computes_with_the_group_quantised_weights(tiny_ckpt, tiny_
     assert torch.nn.functional.cosine_similarity(got, full).item() > 0.9
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_int4_linears_hold_the_reference_weights(tiny_ckpt, dtype):
+    from vococli.model import load_model
+
+    full = load_model(tiny_ckpt, device="cpu", dtype=dtype, vision=False)
+    assert check_int4_linears(answering_model(full, "int4"), full) == 14  # 2 layers x 7 Linears
+
+
 def test_answering_model_quantises_a_copy(tiny_model):
     video = random_video(tiny_model, 2)
     before = prompt_logits(tiny_model, video)
@@ -54,6 +90,15 @@ def test_answering_model_quantises_a_copy(tiny_model):
     assert q4.weights == "int4" and weights_of(q4.lm) == "int4"
     assert weights_of(tiny_model.language_model) == "full"
     torch.testing.assert_close(prompt_logits(tiny_model, video), before, atol=0, rtol=0)
+    fired = []  # a hook added to the original later runs in the original only
+    handle = tiny_model.language_model.layers[-1].register_forward_pre_hook(lambda *a: fired.append(1))
+    try:
+        prompt_logits(q4, video)
+        assert not fired
+        prompt_logits(tiny_model, video)
+        assert fired
+    finally:
+        handle.remove()
     with pytest.raises(UserError, match="--weights"):
         answering_model(tiny_model, "int3")
 

@@ -31,8 +31,8 @@ def bench_command(
     answer_tokens: int = typer.Option(64, help="Tokens generated per answer (end-of-sequence ignored)."),
     repeats: int = typer.Option(3, help="Timed repetitions per measurement (the median is reported)."),
     weights: str = typer.Option("nf4,int4", "--weights", help="4-bit answering models timed beside the full one, "
-                                "comma-separated: nf4 (bitsandbytes), int4 (torchao)."),
-    four_bit: bool = typer.Option(True, "--4bit/--no-4bit", help="--no-4bit: time no 4-bit model."),
+                                "comma-separated: nf4 (bitsandbytes), int4 (torchao); none for neither."),
+    four_bit: bool = typer.Option(True, "--4bit/--no-4bit", help="--no-4bit: the same as --weights none."),
     compile: bool = typer.Option(False, "--compile", help="Also time the compiled decode path "
                                  "(`--decode compiled`) on the longest cache, and stage 1 with its layers "
                                  "compiled."),
@@ -70,9 +70,11 @@ def bench_command(
         raise UserError("--batch-size must be at least 1")
     if video is not None and not video.is_file():
         raise UserError(f"{video}: video file not found")
-    quantized = tuple(w.strip() for w in weights.split(",") if w.strip()) if four_bit else ()
-    if any(w not in ("nf4", "int4") for w in quantized):
-        raise UserError(f"--weights {weights!r}: give nf4, int4 or both, separated by a comma")
+    quantized = tuple(w.strip() for w in weights.split(",") if w.strip())
+    if weights.strip() == "none" or not four_bit:
+        quantized = ()
+    elif not quantized or any(w not in ("nf4", "int4") for w in quantized):
+        raise UserError(f"--weights {weights!r}: give nf4, int4 or both, separated by a comma (none: neither)")
     quiet_transformers()
     dev = resolve_device(device)
     cfg = BenchConfig(preset=preset, device=dev, dtype=resolve_dtype(dtype, dev), voco_tokens=voco_tokens,

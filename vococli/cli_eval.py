@@ -58,8 +58,10 @@ def eval_command(
     Rerunning the same command skips the questions already answered.
     """
     from .eval_run import DEFAULT_SUFFIX, EvalConfig, check_run_folder, run_eval
-    from .model import load_model
+    from .arch import answering_model
+    from .model import load_model, resolve_device, resolve_dtype
     from .qa_formats import read_questions
+    from .quantize import check_int4_target
     from .video import Sampling
 
     from .fast_decode import check_decode
@@ -85,9 +87,13 @@ def eval_command(
     items = items[:limit] if limit else items
     annotations = [p for p in (qa, questions, answers) if p is not None]
     quiet_transformers()
+    if weights == "int4":
+        dev = resolve_device(device)
+        check_int4_target(dev, resolve_dtype(dtype, dev))  # before the model loads
     m = load_model(model_path(model), device=device, dtype=dtype, voco_tokens=voco_tokens)
-    answerer = (load_model(model_path(model), device=device, dtype=dtype, voco_tokens=voco_tokens, vision=False,
-                           weights=weights) if weights != "full" else None)
+    # the 4-bit answerer shares the embeddings and head with the compressing model; only the
+    # decoder's Linear weights are held twice (in full and in 4-bit)
+    answerer = answering_model(m, weights) if weights != "full" else None
     progress = Progress(TextColumn("[bold]{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err,
                         disable=not err.is_terminal)

@@ -74,15 +74,22 @@ class EvalSummary:
     seconds: float
 
 
-def versions() -> dict:
+def versions(weights: str = "full") -> dict:
+    """What the answers depend on, with the library of the 4-bit weights when there are any."""
+    from importlib.metadata import version
+
     import numpy
     import torch
     import transformers
 
     from . import __version__
 
-    return {"vococli": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "numpy": numpy.__version__}
+    out = {"vococli": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "numpy": numpy.__version__}
+    library = {"nf4": "bitsandbytes", "int4": "torchao"}.get(weights)
+    if library:
+        out[library] = version(library)
+    return out
 
 
 def run_record(model: VocoModel, cfg: EvalConfig, annotations: list[Path], fmt: str,
@@ -99,7 +106,7 @@ def run_record(model: VocoModel, cfg: EvalConfig, annotations: list[Path], fmt: 
         "prompt": {"suffix": cfg.suffix, "chat_template": template,
                    "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()},
         "generation": {"max_new_tokens": cfg.max_new_tokens, "temperature": 0.0, "decoding": "greedy"},
-        "versions": versions(), "videos": str(cfg.videos), "cache_dir": str(cfg.caches),
+        "versions": versions((answerer or model).weights), "videos": str(cfg.videos), "cache_dir": str(cfg.caches),
     }
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .quantize import check_weights, quantize_decoder
+from .quantize import check_int4_target, check_weights, quantize_decoder
 
 IMAGE_TOKEN = "<image>"
 VOCO_TOKEN = "<voco>"
@@ -210,6 +210,8 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | None = 
     check_weights(weights)
     if weights != "full" and vision:
         raise UserError(f"--weights {weights} is for answering only; compress with the full-precision model")
+    if weights == "int4":
+        check_int4_target(dev, dt)
     config = AutoConfig.from_pretrained(path)
     if config.model_type != "llava":
         raise UserError(f"{path}: model type {config.model_type!r}, expected a llava checkpoint")
@@ -240,11 +242,11 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | None = 
             lm = LlamaForCausalLM.from_pretrained(path, config=config.text_config, key_mapping=mapping, **kwargs)
         finally:
             transformers.logging.set_verbosity(verbosity)
+        if weights == "int4":  # read on the CPU, then quantised onto the device one Linear at a time
+            lm = quantize_decoder(lm, weights, dt, device=dev)
         if weights != "nf4":
             lm = lm.to(dev)
         lm.eval()
-        if weights == "int4":
-            lm = quantize_decoder(lm, weights, dt)
     return VocoModel(lm=lm, llava=llava, tokenizer=tokenizer, layout=layout,
                      image=read_image_spec(path, config), fingerprint=fingerprint_checkpoint(path),
                      path=os.fspath(path), device=dev, dtype=dt, weights=weights)

@@ -3,8 +3,8 @@
 Two kinds, chosen with `--weights`:
 - `nf4`: bitsandbytes' NormalFloat4 (one absmax scale per 64 weights). Its GEMV reads the
   weights at a fraction of the memory bandwidth on a GPU.
-- `int4`: torchao's weight-only int4 (one scale and one zero point per group of 128 weights,
-  asymmetric: w = min + q * (max - min) / 15), computed by the tinygemm kernels that ship in
+- `int4`: torchao's weight-only int4 (one scale and one zero point, in the model's dtype, per group
+  of 128 weights, asymmetric: w = min + q * (max - min) / 15), computed by the tinygemm kernels that ship in
   torch (`_weight_int4pack_mm` on CUDA, `_weight_int4pack_mm_for_cpu` on a CPU).
 
 Only the decoder layers' Linear weights are quantised; the embeddings, the final norm and the head
@@ -34,13 +34,16 @@ def check_weights(weights: str) -> str:
     return weights
 
 
-def quantize_decoder(lm: torch.nn.Module, weights: str, dtype: torch.dtype) -> torch.nn.Module:
-    """`lm` (a LlamaForCausalLM) with its decoder Linear weights in `weights` ("full" returns it)."""
+def quantize_decoder(lm: torch.nn.Module, weights: str, dtype: torch.dtype,
+                     device: torch.device | None = None) -> torch.nn.Module:
+    """`lm` (a LlamaForCausalLM) with its decoder Linear weights in `weights` ("full" returns it).
+    For int4, `device` is where the quantised weights go (default: where `lm` is): a model loaded
+    on the CPU is then quantised one Linear at a time onto the GPU, never whole in full precision."""
     check_weights(weights)
     if weights == "nf4":
         return quantize_decoder_nf4(lm, dtype)
     if weights == "int4":
-        return quantize_decoder_int4(lm, dtype)
+        return quantize_decoder_int4(lm, dtype, device)
     return lm
 
 
@@ -85,13 +88,22 @@ def int4_group_size(in_features: int) -> int | None:
     return next((g for g in INT4_GROUP_SIZES if in_features % g == 0), None)
 
 
-def quantize_decoder_int4(lm: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    device = next(lm.parameters()).device
-    if device.type == "cuda" and dtype != torch.bfloat16:
-        raise UserError(f"--weights int4 on a GPU needs --dtype bfloat16 (its kernel computes in bfloat16), "
-                        f"not {str(dtype)[6:]}")
-    if device.type not in ("cuda", "cpu"):
+def check_int4_target(device: torch.device, dtype: torch.dtype) -> None:
+    """Refuse, before anything is loaded, what the int4 kernels cannot run."""
+    if device.type == "cuda":
+        if dtype != torch.bfloat16:
+            raise UserError(f"--weights int4 on a GPU needs --dtype bfloat16 (its kernel computes in bfloat16), "
+                            f"not {str(dtype)[6:]}")
+        if torch.cuda.get_device_capability(device)[0] < 8:
+            raise UserError("--weights int4 needs a GPU of compute capability 8.0 or newer; use --weights nf4")
+    elif device.type != "cpu":
         raise UserError(f"--weights int4 runs on CUDA GPUs and CPUs, not on {device.type}")
+
+
+def quantize_decoder_int4(lm: torch.nn.Module, dtype: torch.dtype,
+                          device: torch.device | None = None) -> torch.nn.Module:
+    device = torch.device(device) if device is not None else next(lm.parameters()).device
+    check_int4_target(device, dtype)
     quantize_, config_for = _torchao(device)
     q, layers = _copy_with_layers(lm)
     for layer in layers:
@@ -107,13 +119,14 @@ def quantize_decoder_int4(lm: torch.nn.Module, dtype: torch.dtype) -> torch.nn.M
             if child.bias is not None:
                 new.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
             wrapper = torch.nn.Sequential(new)  # quantize_ replaces the weights of a root's children
-            quantize_(wrapper, config_for(group))
+            quantize_(wrapper, config_for(group), device=device)  # moves this Linear only, then quantises
             setattr(parent, attr, wrapper[0])
     return q
 
 
 def _torchao(device: torch.device):
-    """torchao's `quantize_` and a config maker for `device`, imported without its start-up chatter."""
+    """torchao's `quantize_` and a config maker for `device`, imported without its start-up chatter.
+    Only the config for the device in use is imported (the CPU one lives in torchao's prototype)."""
     quiet = [logging.getLogger(n) for n in TORCHAO_LOGGERS]
     levels = [lg.level for lg in quiet]
     for lg in quiet:
@@ -121,19 +134,25 @@ def _torchao(device: torch.device):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from torchao.quantization import Int4WeightOnlyConfig, quantize_
-            from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
+            from torchao.quantization import quantize_
+
+            if device.type == "cuda":
+                from torchao.quantization import Int4WeightOnlyConfig
+
+                def config_for(group):
+                    return Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d",
+                                                set_inductor_config=False)
+            else:
+                from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
+
+                def config_for(group):
+                    return PrototypeInt4WeightOnlyConfig(group_size=group, set_inductor_config=False)
     except Exception as e:
         raise UserError(f"--weights int4 needs torchao, which cannot be loaded here: {e}") from None
     finally:
         for lg, level in zip(quiet, levels):
             lg.setLevel(level)
-    if device.type == "cuda":
-        if torch.cuda.get_device_capability(device)[0] < 8:
-            raise UserError("--weights int4 needs a GPU of compute capability 8.0 or newer; use --weights nf4")
-        return quantize_, lambda g: Int4WeightOnlyConfig(group_size=g, int4_packing_format="tile_packed_to_4d",
-                                                         set_inductor_config=False)
-    return quantize_, lambda g: PrototypeInt4WeightOnlyConfig(group_size=g, set_inductor_config=False)
+    return quantize_, config_for
 
 
 # ---------------------------------------------------------------- module-tree copies
@@ -149,13 +168,14 @@ def _copy_with_layers(lm: torch.nn.Module):
 
 
 def _module_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """A shallow copy whose child/parameter/buffer tables are its own (tensors stay shared)."""
+    """A shallow copy whose tables (children, parameters, buffers, hooks) are its own: tensors stay
+    shared, but a hook registered on one module later does not run in the other."""
     import copy
 
     new = copy.copy(module)
-    new._modules = dict(module._modules)
-    new._parameters = dict(module._parameters)
-    new._buffers = dict(module._buffers)
+    for key, value in vars(module).items():
+        if isinstance(value, (dict, set)):
+            new.__dict__[key] = copy.copy(value)
     return new
 
 
