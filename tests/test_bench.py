@@ -49,8 +49,37 @@ def test_bench_compile_times_the_compiled_paths_and_restores_the_model():
     assert all("error" not in x for x in r["long"]), r["long"]
 
 
+def test_one_compiled_graph_serves_every_stage1_layer():
+    """dynamo recompiles a function at most 8 times (its default limit) and then runs it uncompiled:
+    stage 1 must not make each layer a new graph, or a 32-layer model would run 23 layers
+    uncompiled. Here 12 layers, one graph, the fast path's keys/values."""
+    import copy
+
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from vococli.arch import random_model
+    from vococli.stage1 import compiled_layers, compress_embeddings, frame_embeddings, image_features
+
+    m = random_model("tiny", "cpu", torch.float32, 2)
+    layers = m.language_model.layers
+    while len(layers) < 12:
+        layers.append(copy.deepcopy(layers[0]))
+        layers[-1].self_attn.layer_idx = len(layers) - 1
+    m.language_model.config.num_hidden_layers = len(layers)
+    torch._dynamo.reset()
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        embeds = frame_embeddings(m, image_features(m, torch.randn(3, 3, m.image.size, m.image.size)))
+        keys, values = compress_embeddings(m, embeds)
+        with compiled_layers(m):
+            ck, cv = compress_embeddings(m, embeds)
+    assert counters["stats"]["unique_graphs"] - graphs == 1
+    torch.testing.assert_close((ck, cv), (keys, values), atol=1e-5, rtol=1e-5)
+
+
 def test_compiled_layers_are_undone(tiny_model):
-    from vococli.bench import compiled_layers
+    from vococli.stage1 import compiled_layers
 
     layers = tiny_model.language_model.layers
     with compiled_layers(tiny_model):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +29,7 @@ from .arch import answering_model, random_model
 from .bench_answer import long_caches, table7
 from .bench_timing import BenchConfig, PeakMemory, gib, module_bytes, sync, timed
 from .model import VocoModel
-from .stage1 import compress_embeddings, frame_embeddings, image_features, prefill_frames
+from .stage1 import compiled_layers, compress_embeddings, frame_embeddings, image_features, prefill_frames
 
 
 # ---------------------------------------------------------------- ceilings
@@ -74,26 +73,6 @@ def stage1_flops(model: VocoModel) -> float:
     last = sum(p.numel() for p in (*layers[-1].self_attn.k_proj.parameters(), *layers[-1].self_attn.v_proj.parameters()))
     attn = 2 * (tc.num_hidden_layers - 1) * fl * fl * tc.hidden_size
     return 2 * full * fl + 2 * last * k + attn
-
-
-@contextmanager
-def compiled_layers(model: VocoModel):
-    """Within the block, every decoder layer but the last (the ones stage 1 runs in full) runs
-    through torch.compile, which fuses its norms, rotary and activation passes. The fast path's
-    k/v projection hooks are traced into the compiled layers. Measured by `bench --compile`
-    only; compress does not use it."""
-    layers = model.language_model.layers[:-1]
-    before = [vars(layer).get("forward") for layer in layers]  # a forward set on the instance (hooks)
-    for layer in layers:
-        layer.forward = torch.compile(layer.forward, dynamic=False)
-    try:
-        yield
-    finally:
-        for layer, forward in zip(layers, before):
-            if forward is None:
-                del layer.forward  # back to the class's forward
-            else:
-                layer.forward = forward
 
 
 def compression(cfg: BenchConfig, model: VocoModel, matmul_tflops: float | None, batch: int) -> dict:

@@ -9,6 +9,8 @@ what compression keeps.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from transformers import DynamicCache
 from transformers.models.llama.modeling_llama import rotate_half
@@ -62,12 +64,13 @@ class _LastLayerReached(Exception):
 
 
 def _supports_projection_capture(model: VocoModel) -> bool:
-    """The fast path reads keys/values off the k/v projections (true for LLaMA attention) and relies
-    on the in-frame mask being plain causal."""
-    attn = model.language_model.layers[0].self_attn
+    """The fast path recomputes keys/values from each layer's input with its input norm and k/v
+    projections (true for LLaMA layers) and relies on the in-frame mask being plain causal."""
+    layer = model.language_model.layers[0]
+    attn = layer.self_attn
     lay = model.layout
     causal = torch.equal(frame_allowed(lay, "voco"), torch.ones(lay.frame_len, lay.frame_len, dtype=torch.bool).tril())
-    return (type(attn).__name__ == "LlamaAttention" and causal
+    return (type(attn).__name__ == "LlamaAttention" and causal and hasattr(layer, "input_layernorm")
             and all(hasattr(attn, a) for a in ("k_proj", "v_proj", "head_dim")))
 
 
@@ -76,10 +79,10 @@ def compress_embeddings(model: VocoModel, embeds: torch.Tensor) -> tuple[torch.T
     """Causal prefill of stage-1 embeddings at the canonical offset; returns VoCo keys, values
     (L, B, Hkv, K, D).
 
-    Only what is kept is computed and stored: no key/value cache is built (each layer's k/v
-    projections are read for the K VoCo tokens alone and RoPE is applied to those keys), the
-    last layer runs only its norm and k/v projections on the VoCo tokens (its attention and MLP
-    feed nothing that is kept), and neither the final norm nor the LM head runs. A test checks
+    Only what is kept is computed and stored: no key/value cache is built (each layer's input is
+    read at the K VoCo tokens and their keys/values are recomputed from it: norm, k/v projections,
+    RoPE on the keys; 2 of ~580 tokens per frame), the last layer runs only that (its attention and
+    MLP feed nothing that is kept), and neither the final norm nor the LM head runs. A test checks
     this equals `prefill_frames`.
     """
     if not _supports_projection_capture(model):
@@ -94,21 +97,18 @@ def compress_embeddings(model: VocoModel, embeds: torch.Tensor) -> tuple[torch.T
     # Inside a frame the VoCo mask is plain causal at contiguous positions: passing no mask lets
     # transformers use its causal path (flash/efficient SDPA kernels, no mask in memory).
     layers = lm.layers[: model.text_config.num_hidden_layers]
-    raw_k: list[torch.Tensor] = []
-    raw_v: list[torch.Tensor] = []
-    seen: dict = {}
+    inputs: list[torch.Tensor] = []  # each layer's input at the K slots
 
-    def grab(store):  # a copy of the K slots, so the layer's whole projection can be freed
-        return lambda module, args, output: store.append(output[:, keep].clone())
+    # Hooks on the layers, not inside them: they run before a layer's (possibly compiled) forward,
+    # so nothing in the layer depends on them, and a layer compiled once serves all layers.
+    def record(module, args, kwargs):
+        inputs.append((args[0] if args else kwargs["hidden_states"])[:, keep].clone())
 
     def stop(module, args, kwargs):
-        seen["hidden"] = args[0] if args else kwargs["hidden_states"]
+        record(module, args, kwargs)
         raise _LastLayerReached
 
-    hooks = []
-    for layer in layers[:-1]:
-        hooks.append(layer.self_attn.k_proj.register_forward_hook(grab(raw_k)))
-        hooks.append(layer.self_attn.v_proj.register_forward_hook(grab(raw_v)))
+    hooks = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers[:-1]]
     hooks.append(layers[-1].register_forward_pre_hook(stop, with_kwargs=True))
     try:
         lm(inputs_embeds=embeds, position_ids=positions, attention_mask=None, use_cache=False)
@@ -117,10 +117,12 @@ def compress_embeddings(model: VocoModel, embeds: torch.Tensor) -> tuple[torch.T
     finally:
         for h in hooks:
             h.remove()
+    # a layer's keys/values at the K slots: its input norm and k/v projections on those tokens
+    # alone (both act token by token, so this is what the layer itself computed there)
+    normed = [layer.input_layernorm(h) for layer, h in zip(layers, inputs)]
+    raw_k = [layer.self_attn.k_proj(x) for layer, x in zip(layers, normed)]
+    raw_v = [layer.self_attn.v_proj(x) for layer, x in zip(layers, normed)]
     last = layers[-1]
-    x = last.input_layernorm(seen["hidden"][:, keep])
-    raw_k.append(last.self_attn.k_proj(x))
-    raw_v.append(last.self_attn.v_proj(x))
     head_dim = last.self_attn.head_dim
     cos, sin = lm.rotary_emb(embeds, positions[:, keep])  # (B, K, D), in the embeddings' dtype
     cos, sin = cos[:, None], sin[:, None]
@@ -137,3 +139,22 @@ def compress_embeddings(model: VocoModel, embeds: torch.Tensor) -> tuple[torch.T
 def compress_pixels(model: VocoModel, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, 3, S, S) pixel batch -> VoCo keys, values (L, B, Hkv, K, D)."""
     return compress_embeddings(model, frame_embeddings(model, image_features(model, pixels)))
+
+
+@contextmanager
+def compiled_layers(model: VocoModel):
+    """Within the block, every decoder layer but the last (the ones stage 1 runs in full) runs
+    through torch.compile, which fuses its norms, rotary and activation passes. The fast path's
+    pre-hooks run outside the compiled forward, so one compiled graph serves every layer."""
+    layers = model.language_model.layers[:-1]
+    before = [vars(layer).get("forward") for layer in layers]  # a forward set on the instance (hooks)
+    for layer in layers:
+        layer.forward = torch.compile(layer.forward, dynamic=False)
+    try:
+        yield
+    finally:
+        for layer, forward in zip(layers, before):
+            if forward is None:
+                del layer.forward  # back to the class's forward
+            else:
+                layer.forward = forward
