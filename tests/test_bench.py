@@ -37,13 +37,16 @@ def test_table7_cache_sizes_follow_the_token_counts(bench_result):
 
 
 def test_bench_compile_times_the_compiled_paths_and_restores_the_model():
-    """--compile adds stage 1 with compiled layers (same keys/values) and the compiled decode path
-    on the longest cache; afterwards the layers run their own forward again."""
-    cfg = BenchConfig(preset="tiny", sections=("stage1", "long"), minutes=(0.1, 0.2), answer_tokens=4,
-                      repeats=1, compile=True, quantized=())
+    """--compile adds stage 1 with compiled layers (same keys/values), the end-to-end compress with
+    them, and the compiled decode path on the longest cache; afterwards the layers run their own
+    forward again."""
+    cfg = BenchConfig(preset="tiny", sections=("stage1", "compress", "long"), minutes=(0.1, 0.2), answer_tokens=4,
+                      repeats=1, compile=True, quantized=(), video_frames=4)
     r = run_bench(cfg)
     s = r["compression"]["stage1"]
     assert s["compiled_frames_s"] > 0 and s["compiled_max_diff"] < 1e-5
+    c = r["compress_video"]
+    assert c["frames"] == 4 and c["compiled_frames_s"] > 0 and c["compiled_speedup"] > 0
     assert [(x["minutes"], x["path"]) for x in r["long"]] == [
         (0.1, "dynamic"), (0.1, "static"), (0.2, "dynamic"), (0.2, "static"), (0.2, "compiled")]
     assert all("error" not in x for x in r["long"]), r["long"]

@@ -48,6 +48,24 @@ def test_round_trip_is_bit_exact(tiny_model, tmp_path):
     assert info["frames"] == 21 and info["chunks"] == 3 and info["k"] == tiny_model.layout.k
 
 
+def test_compress_with_stage1_compiled_stores_the_same_cache(tiny_model, tmp_path):
+    """--compile: batches of 4 and a last one of 1 (two compiled shapes); the layers are restored."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    graphs = counters["stats"]["unique_graphs"]
+    plain = compress_video(tiny_model, CLIP, tmp_path / "p.voco", SAMPLING, batch_size=4, chunk_frames=8,
+                           notice=lambda s: None)
+    compiled = compress_video(tiny_model, CLIP, tmp_path / "c.voco", SAMPLING, batch_size=4, chunk_frames=8,
+                              notice=lambda s: None, compile=True)
+    a, b = (load_cache(r.path, fingerprint=tiny_model.fingerprint) for r in (plain, compiled))
+    assert compiled.computed == 21 and counters["stats"]["unique_graphs"] - graphs >= 1
+    torch.testing.assert_close(b.keys, a.keys, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.values, a.values, atol=1e-5, rtol=1e-5)
+    assert all("forward" not in vars(layer) for layer in tiny_model.language_model.layers)
+
+
 class Interrupt(Exception):
     pass
 

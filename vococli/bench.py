@@ -146,6 +146,7 @@ def write_bench_video(path: Path, frames: int, size: tuple[int, int] = (480, 640
 
 
 def end_to_end(cfg: BenchConfig, model: VocoModel) -> dict:
+    """`compress` of a video file; with `cfg.compile` a second time with stage 1 compiled."""
     from .compress import compress_video
 
     from .video import Sampling
@@ -157,13 +158,22 @@ def end_to_end(cfg: BenchConfig, model: VocoModel) -> dict:
         else:
             video, what = Path(cfg.video), Path(cfg.video).name
         written = time.perf_counter() - t0
-        with PeakMemory(cfg.device) as mem:
-            res = compress_video(model, video, Path(tmp) / "bench.voco", Sampling(fps=1.0),
-                                 batch_size=cfg.batch_size, notice=lambda s: None)
-        hour = 3600 / res.frames_per_s if res.frames_per_s else None
-    return {"frames": res.frames, "seconds": round(res.seconds, 2), "frames_s": round(res.frames_per_s, 1),
-            "backend": res.backend, "video": what, "video_write_s": round(written, 1),
-            "hour_at_1fps_s": round(hour, 1) if hour else None, "peak_gib": gib(mem.extra)}
+        runs = {}
+        for compiled in (False, True) if cfg.compile else (False,):
+            with PeakMemory(cfg.device) as mem:
+                res = compress_video(model, video, Path(tmp) / f"bench{int(compiled)}.voco", Sampling(fps=1.0),
+                                     batch_size=cfg.batch_size, notice=lambda s: None, compile=compiled)
+            runs[compiled] = (res, mem.extra)
+    res, peak = runs[False]
+    hour = 3600 / res.frames_per_s if res.frames_per_s else None
+    out = {"frames": res.frames, "seconds": round(res.seconds, 2), "frames_s": round(res.frames_per_s, 1),
+           "backend": res.backend, "video": what, "video_write_s": round(written, 1),
+           "hour_at_1fps_s": round(hour, 1) if hour else None, "peak_gib": gib(peak)}
+    if True in runs:  # the compiled run includes its compilation
+        res_c, _ = runs[True]
+        out.update({"compiled_seconds": round(res_c.seconds, 2), "compiled_frames_s": round(res_c.frames_per_s, 1),
+                    "compiled_speedup": round(res.seconds / res_c.seconds, 3) if res_c.seconds else None})
+    return out
 
 
 # ---------------------------------------------------------------- the run

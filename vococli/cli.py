@@ -39,6 +39,8 @@ def compress(
     overwrite: bool = typer.Option(False, help="Replace an existing cache instead of resuming it."),
     cache_dtype: str = typer.Option("auto", help="Storage of the cached keys/values: auto (the model's dtype) "
                                     "or int8 (half the size of bf16; accuracy cost in docs/performance.md)."),
+    compile: bool = typer.Option(False, "--compile", help="Run stage 1's layers through torch.compile (compiles "
+                                 "on the first batch; the same keys/values up to rounding)."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -57,7 +59,8 @@ def compress(
         task = bar.add_task("frames", total=None, rate="")
         rate = Rate(" frames/s", digits=1)
         res = compress_video(m, video, output, sampling, batch_size=batch_size, chunk_frames=chunk_frames,
-                             overwrite=overwrite, cache_dtype=cache_dtype, notice=lambda s: err.print(s),
+                             overwrite=overwrite, cache_dtype=cache_dtype, compile=compile,
+                             notice=lambda s: err.print(s),
                              progress=lambda done, total: bar.update(task, total=total, completed=done,
                                                                      rate=rate(done)))
     if as_json:

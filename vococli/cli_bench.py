@@ -34,8 +34,8 @@ def bench_command(
                                 "comma-separated: nf4 (bitsandbytes), int4 (torchao); none for neither."),
     four_bit: bool = typer.Option(True, "--4bit/--no-4bit", help="--no-4bit: the same as --weights none."),
     compile: bool = typer.Option(False, "--compile", help="Also time the compiled decode path "
-                                 "(`--decode compiled`) on the longest cache, and stage 1 with its layers "
-                                 "compiled."),
+                                 "(`--decode compiled`) on the longest cache, and stage 1 and the end-to-end "
+                                 "compress with stage 1's layers compiled."),
     sections: str = typer.Option(",".join(("ceilings", "vision", "stage1", "compress", "table7", "long")),
                                  help="Comma-separated sections to run."),
     save: Optional[Path] = typer.Option(None, help="Also write the results to this JSON file."),
@@ -157,6 +157,9 @@ def print_section(name: str, value) -> None:
                   f"{value['frames_s']} frames/s ({value['backend']}); an hour at 1 fps would take "
                   f"{value['hour_at_1fps_s']} s"
                   + (f"; extra GPU memory {value['peak_gib']} GiB" if value.get("peak_gib") is not None else ""))
+        if "compiled_seconds" in value:
+            out.print(f"compress with stage 1 compiled (--compile, compilation included): {value['compiled_seconds']} s "
+                      f"= {value['compiled_frames_s']} frames/s, {value['compiled_speedup']}x")
     elif name == "table7":
         wide.print(_table("Answering one question (Table 7 of the paper; vision tower not counted)", value,
                          [("method", "method"), ("cached_tokens", "cached tokens"), ("cache_mib", "cache MiB"),

@@ -9,6 +9,7 @@ resumes after its last complete chunk; a finished one is not redone.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -21,7 +22,7 @@ from .frame_feed import Backoff, Prefetcher, auto_batch_size, frames_tensor
 from .kv_quant import check_storage
 from .model import VocoModel
 from .preprocess import to_pixels
-from .stage1 import compress_pixels
+from .stage1 import compiled_layers, compress_pixels
 from .video import Sampling, VideoReader, plan_frames
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -55,13 +56,14 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
                    sampling: Sampling = Sampling(), batch_size: int | None = None, chunk_frames: int = 128,
                    overwrite: bool = False, cache_dtype: str = "auto",
                    progress: Callable[[int, int], None] | None = None,
-                   notice: Callable[[str], None] = print) -> CompressResult:
+                   notice: Callable[[str], None] = print, compile: bool = False) -> CompressResult:
     """Compress `video` into a .voco cache folder with `model` (which must include the vision tower).
 
     `progress(done, total)` is called after every batch with counts of planned frames.
     `batch_size` None picks one from the free GPU memory (8 on CPU); a batch that runs out of
     GPU memory is redone in halves. `cache_dtype` "int8" stores keys/values in 8 bits (kv_quant.py);
-    "auto" stores them in the model's dtype.
+    "auto" stores them in the model's dtype. `compile` runs stage 1's full layers through
+    torch.compile (stage1.compiled_layers; compiled on the first batch and on each new batch size).
     """
     if model.llava is None:
         raise UserError("compress needs the full model with its vision tower")
@@ -110,7 +112,7 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
     # waits for a copy or a write.
     batches = Prefetcher(reader.read(plan[start:], min(batch_size, chunk_frames)),
                          lambda b: (replace(b, frames=None), frames_tensor(b.frames, pin)))
-    with batches, ChunkQueue(writer) as chunk_queue:
+    with batches, ChunkQueue(writer) as chunk_queue, (compiled_layers(model) if compile else nullcontext()):
         for batch, frames in batches:
             for k, v in backoff(stage1, frames):  # (L, B, Hkv, K, D) each
                 keys.append(k)
