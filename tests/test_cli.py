@@ -48,6 +48,7 @@ def test_ask_json_several_questions(compressed, tiny_ckpt):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["frames"] == 11 and [a["question"] for a in res["answers"]] == ["what is here?", "and then?"]
+    assert (res["weights"], res["decode"], res["dtype"], res["device"]) == ("full", "dynamic", "float32", "cpu")
     for a in res["answers"]:
         assert 1 <= a["tokens"] <= 6 and a["time_to_first_token_s"] > 0
 
@@ -107,3 +108,22 @@ def test_ctrl_c_says_the_work_is_kept(monkeypatch, capsys, tiny_ckpt):
         cli.main()
     assert e.value.code == 130
     assert "interrupted; finished work is kept" in capsys.readouterr().err
+
+
+def test_a_failing_compiler_is_a_user_error(monkeypatch, capsys):
+    """torch.compile's back end failing (no C++ compiler, say) is the machine's, not a crash: one
+    line, exit 1, and the way around it."""
+    import vococli.cli as cli
+
+    InductorError = type("InductorError", (RuntimeError,), {"__module__": "torch._inductor.exc"})
+
+    def fail(**kw):
+        raise InductorError("InvalidCxxCompiler: No working C++ compiler found\nmore detail")
+
+    monkeypatch.setattr(cli, "app", fail)
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 1
+    msg = capsys.readouterr().err
+    assert "No working C++ compiler" in msg and "without --compile" in msg and "more detail" not in msg
+    assert not cli._is_compile_failure(RuntimeError("torch._inductor"))

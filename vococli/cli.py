@@ -133,7 +133,7 @@ def ask(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print time to first token and tokens/s."),
 ):
     """Answer questions about a compressed video."""
-    from .fast_decode import check_decode, open_session
+    from .fast_decode import check_decode, open_session, resolve_decode
 
     check_decode(decode)
     weights = answer_weights(weights, load_4bit)
@@ -146,6 +146,7 @@ def ask(
     m, video = _load_for_answering(cache, model, device, dtype, weights, subsample,
                                    lambda m: max(prompt_length(m, q) for q in qs) + max_new_tokens)
     session = open_session(m, video, decode)
+    path = resolve_decode(m, decode)
     results = []
     for q in qs:
         session.reset()
@@ -162,11 +163,15 @@ def ask(
             err.print("[dim](the model gave an empty answer)[/dim]")
         if verbose and not as_json:
             rate = f"{ans.decode_tokens_per_s:.1f} tokens/s" if len(ans.token_ids) > 1 else "no decode steps"
+            if path == "compiled" and not results:
+                rate += " (this first answer includes compiling the decode step)"
             err.print(f"[dim]{ans.prompt_tokens} prompt tokens, {len(ans.token_ids)} answer tokens; "
                       f"time to first token {ans.time_to_first_token_s * 1000:.0f} ms, {rate}[/dim]")
         results.append(ans.to_dict())
     if as_json:
-        out.print_json(json.dumps({"cache": str(cache), "frames": video.n_frames, "answers": results}))
+        out.print_json(json.dumps({"cache": str(cache), "frames": video.n_frames, "weights": m.weights,
+                                   "dtype": str(m.dtype).removeprefix("torch."), "device": str(m.device),
+                                   "decode": path, "answers": results}))
 
 
 @app.command()
@@ -299,8 +304,21 @@ def main() -> None:
     except Exception as e:  # a bug: say so in one line; VOCOCLI_DEBUG=1 shows the traceback
         if os.environ.get("VOCOCLI_DEBUG"):
             raise
+        if _is_compile_failure(e):
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            err.print(f"error: torch.compile could not build the compiled step on this machine ({reason}); "
+                      "run without --compile / --decode compiled", markup=False)
+            sys.exit(1)
         err.print(f"internal error: {type(e).__name__}: {e} (set VOCOCLI_DEBUG=1 for the traceback)", markup=False)
         sys.exit(2)
+
+
+def _is_compile_failure(e: BaseException) -> bool:
+    """torch.compile's back end failed (no C++ compiler for inductor's CPU kernels, say): a
+    property of the machine, not a crash of vococli."""
+    name = type(e).__name__
+    return type(e).__module__.startswith(("torch._inductor", "torch._dynamo")) and (
+        "Inductor" in name or "Compile" in name)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def bench_command(
     if video is not None and not video.is_file():
         raise UserError(f"{video}: video file not found")
     quantized = tuple(w.strip() for w in weights.split(",") if w.strip())
-    if weights.strip() == "none" or not four_bit:
+    if weights.strip() in ("none", "full") or not four_bit:  # the full model is always timed
         quantized = ()
     elif not quantized or any(w not in ("nf4", "int4") for w in quantized):
         raise UserError(f"--weights {weights!r}: give nf4, int4 or both, separated by a comma (none: neither)")
@@ -97,7 +97,8 @@ def bench_command(
     result = run_bench(cfg, report=report)
     for w in quantized:
         if f"{w}_error" in result:
-            err.print(f"[red]{w} answering model not built: {result[f'{w}_error']}[/red]")
+            err.print(f"{w} answering model not built: {result[f'{w}_error'].removeprefix('UserError: ')}",
+                      style="red", markup=False)
     if save is not None:
         save.write_text(json.dumps(result, indent=1) + "\n")
     if as_json:

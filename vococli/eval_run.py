@@ -118,7 +118,12 @@ def check_same_run(run_file: Path, record: dict) -> None:
         raise UserError(f"{run_file}: unreadable run record ({e}); choose a new --out") from None
     changed = [k for k in SAME_RUN_KEYS if _comparable(old.get(k), k) != _comparable(record.get(k), k)]
     if changed:
-        raise UserError(f"{run_file.parent}: holds a run with different {', '.join(changed)}; "
+        def what(k):  # short values are named: "answer_weights (nf4 there, int4 now)"
+            a, b = _comparable(old.get(k), k), _comparable(record.get(k), k)
+            short = all(isinstance(v, (str, int, float)) and len(str(v)) <= 24 for v in (a, b))
+            return f"{k} ({a} there, {b} now)" if short else k
+
+        raise UserError(f"{run_file.parent}: holds a run with different {', '.join(map(what, changed))}; "
                         "choose a new --out to keep both")
 
 
@@ -272,7 +277,7 @@ def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations
             on_video(len(groups), len(groups))
     finally:
         log.close()
-    summary.seconds = time.perf_counter() - t0
+    summary.seconds = round(time.perf_counter() - t0, 3)
     return summary
 
 

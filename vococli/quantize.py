@@ -111,7 +111,7 @@ def quantize_decoder_int4(lm: torch.nn.Module, dtype: torch.dtype,
             group = int4_group_size(child.in_features)
             if group is None:
                 raise UserError(f"--weights int4: layer {name} has {child.in_features} inputs, which no "
-                                f"group size of {INT4_GROUP_SIZES} divides; use --weights nf4")
+                                f"group size of {INT4_GROUP_SIZES} divides; use --weights full")
             parent, attr = _parent(layer, name)
             new = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
                                   device="meta", dtype=dtype)
