@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .quantize import check_int4_target, check_weights, quantize_decoder
+from .quantize import check_int4_target, check_weights, quantize_decoder, quiet_torchao
+
+quiet_torchao()
 
 IMAGE_TOKEN = "<image>"
 VOCO_TOKEN = "<voco>"

@@ -28,6 +28,15 @@ INT4_GROUP_SIZES = (128, 64, 32)  # the first that divides a layer's input size 
 TORCHAO_LOGGERS = ("torchao", "torch.utils._pytree")
 
 
+def quiet_torchao() -> None:
+    """Silence torchao's import-time messages, unless the program set those loggers' levels itself.
+    transformers imports torchao while loading any model once it is installed."""
+    for name in TORCHAO_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.ERROR)
+
+
 def check_weights(weights: str) -> str:
     if weights not in WEIGHTS:
         raise UserError(f"--weights {weights!r}: choose one of {', '.join(WEIGHTS)}")
@@ -127,10 +136,7 @@ def quantize_decoder_int4(lm: torch.nn.Module, dtype: torch.dtype,
 def _torchao(device: torch.device):
     """torchao's `quantize_` and a config maker for `device`, imported without its start-up chatter.
     Only the config for the device in use is imported (the CPU one lives in torchao's prototype)."""
-    quiet = [logging.getLogger(n) for n in TORCHAO_LOGGERS]
-    levels = [lg.level for lg in quiet]
-    for lg in quiet:
-        lg.setLevel(logging.ERROR)
+    quiet_torchao()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -149,9 +155,6 @@ def _torchao(device: torch.device):
                     return PrototypeInt4WeightOnlyConfig(group_size=group, set_inductor_config=False)
     except Exception as e:
         raise UserError(f"--weights int4 needs torchao, which cannot be loaded here: {e}") from None
-    finally:
-        for lg, level in zip(quiet, levels):
-            lg.setLevel(level)
     return quantize_, config_for
 
 
