@@ -11,6 +11,10 @@
 
 from importlib import import_module
 
+from .quiet import quiet_library_imports
+
+quiet_library_imports()  # before any of them is imported
+
 # Names are imported on first use, so `vococli --help` does not pay for torch and transformers.
 _EXPORTS = {
     "Answer": "answer", "GenerationConfig": "answer", "Session": "answer", "ask_questions": "answer",

@@ -8,7 +8,7 @@ generation helper. Prefill and decode are separate functions.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch

@@ -304,21 +304,33 @@ def main() -> None:
     except Exception as e:  # a bug: say so in one line; VOCOCLI_DEBUG=1 shows the traceback
         if os.environ.get("VOCOCLI_DEBUG"):
             raise
-        if _is_compile_failure(e):
-            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            err.print(f"error: torch.compile could not build the compiled step on this machine ({reason}); "
+        reason = _compile_failure(e)
+        if reason:
+            err.print(f"error: torch.compile cannot build its kernels on this machine ({reason}); "
                       "run without --compile / --decode compiled", markup=False)
             sys.exit(1)
         err.print(f"internal error: {type(e).__name__}: {e} (set VOCOCLI_DEBUG=1 for the traceback)", markup=False)
         sys.exit(2)
 
 
-def _is_compile_failure(e: BaseException) -> bool:
-    """torch.compile's back end failed (no C++ compiler for inductor's CPU kernels, say): a
-    property of the machine, not a crash of vococli."""
-    name = type(e).__name__
-    return type(e).__module__.startswith(("torch._inductor", "torch._dynamo")) and (
-        "Inductor" in name or "Compile" in name)
+def _compile_failure(e: BaseException) -> str | None:
+    """When torch.compile failed for want of a working toolchain on this machine (no C++ compiler
+    for inductor's CPU kernels, no Triton, a GPU too old for it), the reason in one line; None for
+    anything else, which stays an internal error."""
+    if "torch._inductor.exc" not in sys.modules:
+        return None
+    from torch._inductor import exc
+
+    machine = tuple(getattr(exc, n) for n in ("InvalidCxxCompiler", "CppCompileError", "CUDACompileError",
+                                              "TritonMissing", "GPUTooOldForTriton") if hasattr(exc, n))
+    for _ in range(4):  # BackendCompilerFailed / InductorError wrap the real cause
+        if isinstance(e, machine):
+            text = str(e).strip()
+            return f"{type(e).__name__}: {text.splitlines()[0][:160]}" if text else type(e).__name__
+        e = getattr(e, "inner_exception", None) or e.__cause__
+        if e is None:
+            return None
+    return None
 
 
 if __name__ == "__main__":

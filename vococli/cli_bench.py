@@ -70,11 +70,13 @@ def bench_command(
         raise UserError("--batch-size must be at least 1")
     if video is not None and not video.is_file():
         raise UserError(f"{video}: video file not found")
-    quantized = tuple(w.strip() for w in weights.split(",") if w.strip())
-    if weights.strip() in ("none", "full") or not four_bit:  # the full model is always timed
-        quantized = ()
-    elif not quantized or any(w not in ("nf4", "int4") for w in quantized):
+    names = [w.strip() for w in weights.split(",")]
+    if not four_bit or weights.strip() == "none":
+        quantized: tuple[str, ...] = ()
+    elif not all(names) or any(w not in ("full", "nf4", "int4") for w in names):
         raise UserError(f"--weights {weights!r}: give nf4, int4 or both, separated by a comma (none: neither)")
+    else:  # the full model is always timed
+        quantized = tuple(dict.fromkeys(w for w in names if w != "full"))
     quiet_transformers()
     dev = resolve_device(device)
     cfg = BenchConfig(preset=preset, device=dev, dtype=resolve_dtype(dtype, dev), voco_tokens=voco_tokens,

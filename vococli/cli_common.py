@@ -43,8 +43,6 @@ def model_path(model: str | None) -> str:
 
 
 def quiet_transformers() -> None:
-    import logging
-
     import warnings
 
     import transformers
@@ -55,21 +53,6 @@ def quiet_transformers() -> None:
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-
-
-def _quiet_imports() -> None:
-    """Silence what libraries log when imported (the CLI imports them, so before that)."""
-    import logging
-
-    # bitsandbytes warns, on CPUs with AVX512-BF16, that an optional kernel package from the model
-    # hub is missing (its own CPU kernels work without it); torchao (also imported by transformers
-    # whenever it is installed) that native kernels built for other Pythons and GPUs do not load,
-    # and torch that torchao registers enums the old way. int4 needs neither.
-    for name in ("bitsandbytes", "torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-_quiet_imports()
 
 
 class Rate:

@@ -22,7 +22,7 @@ from .frame_feed import Backoff, Prefetcher, auto_batch_size, frames_tensor
 from .kv_quant import check_storage
 from .model import VocoModel
 from .preprocess import to_pixels
-from .stage1 import compiled_layers, compress_pixels
+from .stage1 import compiled_layers, compress_pixels, supports_compiled_layers
 from .video import Sampling, VideoReader, plan_frames
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -67,6 +67,9 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
     """
     if model.llava is None:
         raise UserError("compress needs the full model with its vision tower")
+    if compile and not supports_compiled_layers(model):
+        raise UserError(f"{model.path}: --compile needs a LLaMA decoder with VoCo's causal frame layout; "
+                        "compress without it")
     check_storage(cache_dtype)
     if batch_size is None:
         batch_size = auto_batch_size(model)

@@ -15,6 +15,7 @@ import torch
 from transformers import StaticCache
 
 from .answer import Session
+from .compiling import allow_recompiles
 from .errors import UserError
 from .layout import additive_mask
 from .model import VocoModel
@@ -60,11 +61,7 @@ class StaticSession(Session):
         self.graph, self.compile = graph, compile
         self.step_forward = model.lm
         if compile:
-            import torch._dynamo
-
-            cfg = torch._dynamo.config
-            name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"  # torch < 2.6
-            setattr(cfg, name, max(getattr(cfg, name), COMPILED_WIDTHS))
+            allow_recompiles(COMPILED_WIDTHS)
             self.step_forward = torch.compile(model.lm, dynamic=False)
         self.base = video.n_frames * model.layout.k
         self.min_room = room

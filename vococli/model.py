@@ -16,9 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .quantize import check_int4_target, check_weights, quantize_decoder, quiet_torchao
-
-quiet_torchao()
+from .quantize import check_int4_target, check_weights, quantize_decoder
 
 IMAGE_TOKEN = "<image>"
 VOCO_TOKEN = "<voco>"

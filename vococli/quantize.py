@@ -14,29 +14,15 @@ replaced, so the full-precision model handed in is left as it was.
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import torch
 
 from .errors import UserError
+from .quiet import quiet_library_imports
 
 WEIGHTS = ("full", "nf4", "int4")
 INT4_GROUP_SIZES = (128, 64, 32)  # the first that divides a layer's input size is used
-# torchao logs, when imported, that native kernels built for other Pythons and GPUs do not load, and
-# torch that torchao registers enums the old way; int4 needs neither
-TORCHAO_LOGGERS = ("torchao", "torch.utils._pytree")
-
-
-def quiet_torchao() -> None:
-    """Silence torchao's import-time messages, unless the program set those loggers' levels itself.
-    transformers imports torchao while loading any model once it is installed."""
-    for name in TORCHAO_LOGGERS:
-        logger = logging.getLogger(name)
-        if logger.level == logging.NOTSET:
-            logger.setLevel(logging.ERROR)
-
-
 def check_weights(weights: str) -> str:
     if weights not in WEIGHTS:
         raise UserError(f"--weights {weights!r}: choose one of {', '.join(WEIGHTS)}")
@@ -136,7 +122,7 @@ def quantize_decoder_int4(lm: torch.nn.Module, dtype: torch.dtype,
 def _torchao(device: torch.device):
     """torchao's `quantize_` and a config maker for `device`, imported without its start-up chatter.
     Only the config for the device in use is imported (the CPU one lives in torchao's prototype)."""
-    quiet_torchao()
+    quiet_library_imports()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -15,6 +15,7 @@ import torch
 from transformers import DynamicCache
 from transformers.models.llama.modeling_llama import rotate_half
 
+from .compiling import allow_recompiles
 from .layout import additive_mask, frame_allowed, text_visible
 from .model import VocoModel
 
@@ -141,12 +142,24 @@ def compress_pixels(model: VocoModel, pixels: torch.Tensor) -> tuple[torch.Tenso
     return compress_embeddings(model, frame_embeddings(model, image_features(model, pixels)))
 
 
+# batch sizes one process may compile stage 1 for (a run has its batch size, a smaller last batch
+# and one per out-of-memory halving; a library caller compressing many videos has more last batches)
+COMPILED_BATCH_SIZES = 64
+
+
+def supports_compiled_layers(model: VocoModel) -> bool:
+    """Only the fast path keeps the layers free of per-layer state (the general prefill passes
+    each layer its own cache), so that one compiled graph serves every layer."""
+    return _supports_projection_capture(model)
+
+
 @contextmanager
 def compiled_layers(model: VocoModel):
     """Within the block, every decoder layer but the last (the ones stage 1 runs in full) runs
     through torch.compile, which fuses its norms, rotary and activation passes. The fast path's
     pre-hooks run outside the compiled forward, so one compiled graph serves every layer."""
     layers = model.language_model.layers[:-1]
+    allow_recompiles(COMPILED_BATCH_SIZES)  # one graph per batch size, shared by all layers
     before = [vars(layer).get("forward") for layer in layers]  # a forward set on the instance (hooks)
     for layer in layers:
         layer.forward = torch.compile(layer.forward, dynamic=False)
