@@ -131,3 +131,8 @@ def test_ask_with_int4_weights(compressed, tiny_ckpt):
     assert r.returncode == 1 and "--load-4bit means --weights nf4" in r.stderr
     r = run("ask", cache, "what?", "--model", tiny_ckpt, "--weights", "int2")
     assert r.returncode == 1 and "choose one of full, nf4, int4" in r.stderr
+    r = run("ask", cache, "what?", "--model", tiny_ckpt, "--weights", "full", "--load-4bit")
+    assert r.returncode == 1 and "--load-4bit means --weights nf4" in r.stderr
+    if not torch.cuda.is_available():  # refused before the model loads
+        r = run("ask", cache, "what?", "--model", "/no/such/model", "--decode", "graph")
+        assert r.returncode == 1 and "--decode graph needs a CUDA GPU" in r.stderr

@@ -13,7 +13,8 @@ from typing import Optional
 
 import typer
 
-from .cli_common import (DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, Rate, WeightsOpt, answer_weights, err,
+from .cli_common import (DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, Rate, WeightsOpt, answer_weights,
+                         check_decode_device, err,
                          model_path, out, progress_bar, quiet_transformers)
 from .cli_bench import bench_command
 from .cli_eval import eval_command, score_command
@@ -123,7 +124,7 @@ def ask(
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass (with --temperature)."),
     seed: int = typer.Option(0, help="Seed for sampling."),
     stream: bool = typer.Option(False, help="Print answer tokens as they are generated."),
-    weights: str = WeightsOpt,
+    weights: Optional[str] = WeightsOpt,
     load_4bit: bool = Load4bitOpt,
     subsample: bool = typer.Option(False, help="Use evenly spaced frames when the cache exceeds the context."),
     decode: str = DecodeOpt,
@@ -136,6 +137,7 @@ def ask(
     from .fast_decode import check_decode, open_session, resolve_decode
 
     check_decode(decode)
+    check_decode_device(decode, device)
     weights = answer_weights(weights, load_4bit)
     qs = ([question] if question else []) + list(questions)
     if not qs:
@@ -182,7 +184,7 @@ def chat(
     temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling mass (with --temperature)."),
     seed: int = typer.Option(0, help="Seed for sampling."),
-    weights: str = WeightsOpt,
+    weights: Optional[str] = WeightsOpt,
     load_4bit: bool = Load4bitOpt,
     subsample: bool = typer.Option(False, help="Use evenly spaced frames when the cache exceeds the context."),
     decode: str = DecodeOpt,
@@ -196,6 +198,7 @@ def chat(
     from .fast_decode import check_decode, open_session
 
     check_decode(decode)
+    check_decode_device(decode, device)
     weights = answer_weights(weights, load_4bit)
     gen = _gen_config(max_new_tokens, temperature, top_p, seed)
     # room for a few turns; a conversation that outgrows it is told to /reset

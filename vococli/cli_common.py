@@ -15,22 +15,32 @@ DtypeOpt = typer.Option("auto", help="float32, bfloat16 or float16 (auto: bf16 o
 DecodeOpt = typer.Option("auto", help="Answering path: dynamic (growing cache), static (pre-allocated cache), "
                          "graph (static + CUDA-graph decode step), compiled (graph with a torch.compile'd "
                          "step; compiles once per process and cache size); auto: graph on GPU, dynamic on CPU.")
-WeightsOpt = typer.Option("full", "--weights", help="The language model's weights while answering: full (the "
-                          "--dtype), nf4 (bitsandbytes 4-bit) or int4 (torchao weight-only 4-bit; bfloat16 on GPU).")
+WeightsOpt = typer.Option(None, "--weights", show_default=False, help="The language model's weights while answering: full (the "
+                          "--dtype; the default), nf4 (bitsandbytes 4-bit) or int4 (torchao weight-only 4-bit; bfloat16 on GPU).")
 Load4bitOpt = typer.Option(False, "--load-4bit", help="The same as --weights nf4.")
 
 
-def answer_weights(weights: str, load_4bit: bool) -> str:
-    """The --weights value, with --load-4bit as its older spelling of nf4."""
+def answer_weights(weights: str | None, load_4bit: bool) -> str:
+    """The --weights value (full when not given), with --load-4bit as its older spelling of nf4."""
     from .errors import UserError
     from .quantize import check_weights
 
+    if weights is None:
+        return "nf4" if load_4bit else "full"
     check_weights(weights)
-    if load_4bit:
-        if weights not in ("full", "nf4"):
-            raise UserError(f"--load-4bit means --weights nf4; it cannot be combined with --weights {weights}")
-        return "nf4"
+    if load_4bit and weights != "nf4":
+        raise UserError(f"--load-4bit means --weights nf4; it cannot be combined with --weights {weights}")
     return weights
+
+
+def check_decode_device(decode: str, device: str) -> None:
+    """Refuse a CUDA-only --decode path before any model is loaded."""
+    from .errors import UserError
+    from .model import resolve_device
+
+    dev = resolve_device(device)
+    if decode == "graph" and dev.type != "cuda":
+        raise UserError(f"--decode graph needs a CUDA GPU (this run is on {dev.type}); use static or compiled")
 
 
 def model_path(model: str | None) -> str:

@@ -13,8 +13,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .cli_common import (DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, Rate, answer_weights, err,
-                         model_path, out, quiet_transformers)
+from .cli_common import (DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, Rate, answer_weights,
+                         check_decode_device, err, model_path, out, quiet_transformers)
 from .errors import UserError
 
 
@@ -44,8 +44,9 @@ def eval_command(
         None, help="Frames per forward pass while compressing (default: from free GPU memory; 8 on CPU)."),
     retry_errors: bool = typer.Option(False, help="Ask again the questions whose video failed in an earlier run."),
     decode: str = DecodeOpt,
-    weights: str = typer.Option("full", "--weights", help="The language model's weights while answering: full, "
-                                "nf4 (bitsandbytes) or int4 (torchao); videos are still compressed at full precision."),
+    weights: Optional[str] = typer.Option(
+        None, "--weights", show_default=False, help="The language model's weights while answering: full (the "
+        "default), nf4 (bitsandbytes) or int4 (torchao); videos are still compressed at full precision."),
     load_4bit: bool = Load4bitOpt,
     cache_dtype: str = typer.Option("auto", help="Storage of the cached keys/values: auto (the model's dtype) "
                                     "or int8."),
@@ -68,6 +69,7 @@ def eval_command(
     from .kv_quant import check_storage
 
     check_decode(decode)
+    check_decode_device(decode, device)
     weights = answer_weights(weights, load_4bit)
     check_storage(cache_dtype)
     if limit is not None and limit < 1:
