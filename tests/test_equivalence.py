@@ -105,9 +105,13 @@ def test_rotated_keys_equal_keys_computed_at_offset(model):
 def test_compression_fast_path_equals_full_prefill(model):
     """Keys/values recomputed at the VoCo slots (no cache, last layer cut short) equal the kept
     slice of a full prefill with a key/value cache."""
+    check_fast_path_equals_prefill(model, seed=4)
+
+
+def check_fast_path_equals_prefill(model, seed: int) -> None:
     from vococli.stage1 import compress_embeddings, prefill_frames
 
-    embeds = frame_embeddings(model, image_features(model, pixels_for(model, 3, seed=4)))
+    embeds = frame_embeddings(model, image_features(model, pixels_for(model, 3, seed=seed)))
     keys, values = compress_embeddings(model, embeds)
     with torch.inference_mode():
         ref_k, ref_v = prefill_frames(model, embeds, torch.zeros(3, dtype=torch.long))
@@ -120,7 +124,6 @@ def test_compression_fast_path_uses_each_layers_own_norm_and_biases(tiny_ckpt):
     different random norm weight in every layer (the tiny model's are all 1) and with the bundled
     model (biased projections, trained norms) it must still equal the full prefill."""
     from vococli.defaults import default_model_path
-    from vococli.stage1 import compress_embeddings, prefill_frames
 
     tiny = load_model(tiny_ckpt, device="cpu", dtype="float32")
     g = torch.Generator().manual_seed(7)
@@ -130,9 +133,4 @@ def test_compression_fast_path_uses_each_layers_own_norm_and_biases(tiny_ckpt):
     bundled = load_model(default_model_path(), device="cpu", dtype="float32")
     assert bundled.language_model.layers[0].self_attn.k_proj.bias is not None
     for m in (tiny, bundled):
-        embeds = frame_embeddings(m, image_features(m, pixels_for(m, 3, seed=5)))
-        keys, values = compress_embeddings(m, embeds)
-        with torch.inference_mode():
-            ref_k, ref_v = prefill_frames(m, embeds, torch.zeros(3, dtype=torch.long))
-        torch.testing.assert_close(keys, torch.stack(ref_k), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(values, torch.stack(ref_v), atol=1e-5, rtol=1e-5)
+        check_fast_path_equals_prefill(m, seed=5)

@@ -17,7 +17,7 @@ import torch
 
 from .answer import Session
 from .bench_timing import BenchConfig, PeakMemory, gib, module_bytes, sync, timed
-from .fast_decode import StaticSession
+from .fast_decode import open_session
 from .layout import text_start
 from .model import VocoModel
 from .stage1 import frame_embeddings, image_features
@@ -156,8 +156,7 @@ def long_caches(cfg: BenchConfig, models: dict[str, VocoModel], bandwidth_gb_s: 
     rows = [] if rows is None else rows
     some = next(iter(models.values()))
     ids = some.tokenizer(QUESTION, add_special_tokens=False)["input_ids"]
-    cuda = cfg.device.type == "cuda"
-    paths = ["dynamic", "graph"] if cuda else ["dynamic", "static"]
+    paths = ["dynamic", "graph"] if cfg.device.type == "cuda" else ["dynamic", "static"]
     for minutes in cfg.minutes:
         compiled = cfg.compile and minutes == max(cfg.minutes)
         frames = int(round(minutes * 60))
@@ -175,12 +174,8 @@ def long_caches(cfg: BenchConfig, models: dict[str, VocoModel], bandwidth_gb_s: 
                 try:
                     with PeakMemory(cfg.device) as mem:
                         t0 = time.perf_counter()
-                        if path == "dynamic":
-                            session = Session(lm, video)
-                        else:  # the buffer is filled at the first prompt: do that inside the load time
-                            session = StaticSession(lm, video, graph=path == "graph" or (path == "compiled" and cuda),
-                                                    compile=path == "compiled",
-                                                    room=len(ids) + cfg.answer_tokens + 24)
+                        session = open_session(lm, video, path, room=len(ids) + cfg.answer_tokens + 24)
+                        if path != "dynamic":  # the buffer is filled at the first prompt: do that inside the load time
                             session._ensure_room(len(ids) + cfg.answer_tokens)
                         sync(cfg.device)
                         row["load_s"] = round(time.perf_counter() - t0, 3)

@@ -134,9 +134,8 @@ def ask(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print time to first token and tokens/s."),
 ):
     """Answer questions about a compressed video."""
-    from .fast_decode import check_decode, open_session, resolve_decode
+    from .fast_decode import open_session, resolve_decode
 
-    check_decode(decode)
     check_decode_device(decode, device)
     weights = answer_weights(weights, load_4bit)
     qs = ([question] if question else []) + list(questions)
@@ -195,9 +194,8 @@ def chat(
 
     Type a question and press Enter; `/reset` forgets earlier turns; `/quit` or Ctrl-D ends.
     """
-    from .fast_decode import check_decode, open_session
+    from .fast_decode import open_session
 
-    check_decode(decode)
     check_decode_device(decode, device)
     weights = answer_weights(weights, load_4bit)
     gen = _gen_config(max_new_tokens, temperature, top_p, seed)

@@ -34,10 +34,12 @@ def answer_weights(weights: str | None, load_4bit: bool) -> str:
 
 
 def check_decode_device(decode: str, device: str) -> None:
-    """Refuse a CUDA-only --decode path before any model is loaded."""
+    """Refuse an unknown --decode path, or a CUDA-only one without CUDA, before any model is loaded."""
     from .errors import UserError
+    from .fast_decode import check_decode
     from .model import resolve_device
 
+    check_decode(decode)
     dev = resolve_device(device)
     if decode == "graph" and dev.type != "cuda":
         raise UserError(f"--decode graph needs a CUDA GPU (this run is on {dev.type}); use static or compiled")

@@ -65,10 +65,8 @@ def eval_command(
     from .quantize import check_int4_target
     from .video import Sampling
 
-    from .fast_decode import check_decode
     from .kv_quant import check_storage
 
-    check_decode(decode)
     check_decode_device(decode, device)
     weights = answer_weights(weights, load_4bit)
     check_storage(cache_dtype)

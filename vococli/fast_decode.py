@@ -211,7 +211,8 @@ def resolve_decode(model: VocoModel, decode: str) -> str:
     return decode
 
 
-def open_session(model: VocoModel, video: VideoCache, decode: str = "auto", system: str | None = None) -> Session:
+def open_session(model: VocoModel, video: VideoCache, decode: str = "auto", system: str | None = None,
+                 room: int = MIN_ROOM) -> Session:
     """The session for `--decode`: auto = graph on CUDA, dynamic elsewhere; compiled = the static
     buffer with a torch.compile'd decode step, captured as a CUDA graph on CUDA."""
     decode = resolve_decode(model, decode)
@@ -219,4 +220,5 @@ def open_session(model: VocoModel, video: VideoCache, decode: str = "auto", syst
     if decode == "dynamic":
         return Session(model, video, system)
     compiled = decode == "compiled"
-    return StaticSession(model, video, system, graph=decode == "graph" or (compiled and cuda), compile=compiled)
+    return StaticSession(model, video, system, graph=decode == "graph" or (compiled and cuda), compile=compiled,
+                         room=room)

@@ -61,19 +61,18 @@ def quantize_decoder_nf4(lm: torch.nn.Module, compute_dtype: torch.dtype) -> tor
         import bitsandbytes as bnb
     except Exception as e:  # ImportError, or a broken native library
         raise UserError(f"--weights nf4 needs bitsandbytes, which cannot be loaded here: {e}") from None
-    q, layers = _copy_with_layers(lm)
-    for layer in layers:
-        for name, child in _linears(layer):
-            parent, attr = _parent(layer, name)
-            ql = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                   compute_dtype=compute_dtype, compress_statistics=False, quant_type="nf4",
-                                   device="meta")
-            ql.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=False,
-                                          quant_type="nf4").to(child.weight.device)
-            if child.bias is not None:
-                ql.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
-            setattr(parent, attr, ql)
-    return q
+
+    def nf4(name: str, child: torch.nn.Linear) -> torch.nn.Module:
+        ql = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
+                               compute_dtype=compute_dtype, compress_statistics=False, quant_type="nf4",
+                               device="meta")
+        ql.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, compress_statistics=False,
+                                      quant_type="nf4").to(child.weight.device)
+        if child.bias is not None:
+            ql.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+        return ql
+
+    return _replace_linears(lm, nf4)
 
 
 # ---------------------------------------------------------------- int4 (torchao)
@@ -100,23 +99,22 @@ def quantize_decoder_int4(lm: torch.nn.Module, dtype: torch.dtype,
     device = torch.device(device) if device is not None else next(lm.parameters()).device
     check_int4_target(device, dtype)
     quantize_, config_for = _torchao(device)
-    q, layers = _copy_with_layers(lm)
-    for layer in layers:
-        for name, child in _linears(layer):
-            group = int4_group_size(child.in_features)
-            if group is None:
-                raise UserError(f"--weights int4: layer {name} has {child.in_features} inputs, which no "
-                                f"group size of {INT4_GROUP_SIZES} divides; use --weights full")
-            parent, attr = _parent(layer, name)
-            new = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
-                                  device="meta", dtype=dtype)
-            new.weight = torch.nn.Parameter(child.weight.data, requires_grad=False)
-            if child.bias is not None:
-                new.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
-            wrapper = torch.nn.Sequential(new)  # quantize_ replaces the weights of a root's children
-            quantize_(wrapper, config_for(group), device=device)  # moves this Linear only, then quantises
-            setattr(parent, attr, wrapper[0])
-    return q
+
+    def int4(name: str, child: torch.nn.Linear) -> torch.nn.Module:
+        group = int4_group_size(child.in_features)
+        if group is None:
+            raise UserError(f"--weights int4: layer {name} has {child.in_features} inputs, which no "
+                            f"group size of {INT4_GROUP_SIZES} divides; use --weights full")
+        new = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                              device="meta", dtype=dtype)
+        new.weight = torch.nn.Parameter(child.weight.data, requires_grad=False)
+        if child.bias is not None:
+            new.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+        wrapper = torch.nn.Sequential(new)  # quantize_ replaces the weights of a root's children
+        quantize_(wrapper, config_for(group), device=device)  # moves this Linear only, then quantises
+        return wrapper[0]
+
+    return _replace_linears(lm, int4)
 
 
 def _torchao(device: torch.device):
@@ -147,13 +145,16 @@ def _torchao(device: torch.device):
 # ---------------------------------------------------------------- module-tree copies
 
 
-def _copy_with_layers(lm: torch.nn.Module):
-    """A copy of `lm` whose decoder layers can be changed without touching `lm`; returns the copy
-    and its new layer list."""
+def _replace_linears(lm: torch.nn.Module, make) -> torch.nn.Module:
+    """A copy of `lm` whose decoder layers' Linears are `make(name, linear)`; `lm` is untouched."""
     q = _module_copy(lm)
     q.model = _module_copy(lm.model)
     q.model.layers = torch.nn.ModuleList([_tree_copy(layer) for layer in lm.model.layers])
-    return q, q.model.layers
+    for layer in q.model.layers:
+        for name, child in _linears(layer):
+            parent, attr = _parent(layer, name)
+            setattr(parent, attr, make(name, child))
+    return q
 
 
 def _module_copy(module: torch.nn.Module) -> torch.nn.Module:
