@@ -7,6 +7,7 @@ import torch
 from vococli.bench import BenchConfig, run_bench
 from vococli.bench_answer import kv_bytes
 from test_cli import run
+from test_equivalence import with_layers
 from vococli.frame_feed import Backoff, Prefetcher, auto_batch_size
 
 
@@ -56,20 +57,13 @@ def test_one_compiled_graph_serves_every_stage1_layer():
     """dynamo recompiles a function at most 8 times (its default limit) and then runs it uncompiled:
     stage 1 must not make each layer a new graph, or a 32-layer model would run 23 layers
     uncompiled. Here 12 layers, one graph, the fast path's keys/values."""
-    import copy
-
     import torch._dynamo
     from torch._dynamo.utils import counters
 
     from vococli.arch import random_model
     from vococli.stage1 import compiled_layers, compress_embeddings, frame_embeddings, image_features
 
-    m = random_model("tiny", "cpu", torch.float32, 2)
-    layers = m.language_model.layers
-    while len(layers) < 12:
-        layers.append(copy.deepcopy(layers[0]))
-        layers[-1].self_attn.layer_idx = len(layers) - 1
-    m.language_model.config.num_hidden_layers = len(layers)
+    m = with_layers(random_model("tiny", "cpu", torch.float32, 2), 12)
     torch._dynamo.reset()
     graphs = counters["stats"]["unique_graphs"]
     with torch.inference_mode():
@@ -81,12 +75,16 @@ def test_one_compiled_graph_serves_every_stage1_layer():
     torch.testing.assert_close((ck, cv), (keys, values), atol=1e-5, rtol=1e-5)
 
 
-def test_compiled_layers_are_undone(tiny_model):
+def test_compiled_layers_are_undone():
+    """Only the layers stage 1 runs in full (all but the last two) are compiled, and only inside
+    the block."""
+    from vococli.arch import random_model
     from vococli.stage1 import compiled_layers
 
-    layers = tiny_model.language_model.layers
-    with compiled_layers(tiny_model):
-        assert "forward" in vars(layers[0]) and "forward" not in vars(layers[-1])
+    m = with_layers(random_model("tiny", "cpu", torch.float32, 2), 4)
+    layers = m.language_model.layers
+    with compiled_layers(m):
+        assert ["forward" in vars(layer) for layer in layers] == [True, True, False, False]
     assert all("forward" not in vars(layer) for layer in layers)
 
 

@@ -49,10 +49,16 @@ def test_round_trip_is_bit_exact(tiny_model, tmp_path):
 
 
 def test_compress_with_stage1_compiled_stores_the_same_cache(tiny_model, tmp_path):
-    """--compile: batches of 4 and a last one of 1 (two compiled shapes); the layers are restored."""
+    """--compile: batches of 4 and a last one of 1 (two compiled shapes); the layers are restored.
+    Four layers, so that two run in full and are compiled."""
+    import copy
+
     import torch._dynamo
     from torch._dynamo.utils import counters
 
+    from test_equivalence import with_layers
+
+    tiny_model = with_layers(copy.deepcopy(tiny_model), 4)
     torch._dynamo.reset()
     graphs = counters["stats"]["unique_graphs"]
     plain = compress_video(tiny_model, CLIP, tmp_path / "p.voco", SAMPLING, batch_size=4, chunk_frames=8,

@@ -1,5 +1,7 @@
 """Two-stage VoCo (compress, store, rotate, answer) equals one forward with the VoCo mask."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -106,6 +108,27 @@ def test_compression_fast_path_equals_full_prefill(model):
     """Keys/values recomputed at the VoCo slots (no cache, last layer cut short) equal the kept
     slice of a full prefill with a key/value cache."""
     check_fast_path_equals_prefill(model, seed=4)
+
+
+def with_layers(m, n: int, seed: int = 0):
+    """`m` with its decoder cut to, or grown to, `n` layers (added layers: layer 0 plus noise)."""
+    g = torch.Generator().manual_seed(seed)
+    layers = m.language_model.layers
+    del layers[n:]
+    while len(layers) < n:
+        layers.append(copy.deepcopy(layers[0]))
+        layers[-1].self_attn.layer_idx = len(layers) - 1
+        for p in layers[-1].parameters():
+            p.data += 0.05 * torch.randn(p.shape, generator=g)
+    m.language_model.config.num_hidden_layers = n
+    return m
+
+
+@pytest.mark.parametrize("n_layers", [1, 3, 5])
+def test_compression_fast_path_at_any_depth(model, n_layers):
+    """One layer: only the last layer's VoCo keys/values; more: layers run in full, then one run
+    for the VoCo rows only, then the last."""
+    check_fast_path_equals_prefill(with_layers(copy.deepcopy(model), n_layers, seed=n_layers), seed=6)
 
 
 def check_fast_path_equals_prefill(model, seed: int) -> None:

@@ -65,15 +65,26 @@ def vision_flops(model: VocoModel) -> float:
 
 
 def stage1_flops(model: VocoModel) -> float:
-    """What `compress_embeddings` computes per frame: every layer but the last in full (causal
-    attention: half the score matrix), and the last layer's k/v projections of the K VoCo tokens."""
-    tc = model.text_config
+    """What `compress_embeddings` computes per frame: every layer but the last two in full (causal
+    attention: half the score matrix); in the layer before the last, the k/v projections of every
+    token and the rest for the K VoCo rows alone; in the last, the K VoCo tokens' k/v projections."""
+    h = model.text_config.hidden_size
     fl, k = model.layout.frame_len, model.layout.k
-    layers = model.language_model.layers
-    full = sum(p.numel() for p in layers[:-1].parameters())
-    last = sum(p.numel() for p in (*layers[-1].self_attn.k_proj.parameters(), *layers[-1].self_attn.v_proj.parameters()))
-    attn = 2 * (tc.num_hidden_layers - 1) * fl * fl * tc.hidden_size
-    return 2 * full * fl + 2 * last * k + attn
+    layers = model.language_model.layers[: model.text_config.num_hidden_layers]
+
+    def params(modules) -> int:
+        return sum(p.numel() for m in modules for p in m.parameters())
+
+    def kv(layer) -> int:
+        return params([layer.self_attn.k_proj, layer.self_attn.v_proj])
+
+    flops = 2 * kv(layers[-1]) * k
+    if len(layers) > 1:
+        full = layers[:-2]
+        flops += 2 * params(full) * fl + 2 * len(full) * fl * fl * h
+        partial = layers[-2]
+        flops += 2 * kv(partial) * fl + 2 * (params([partial]) - kv(partial)) * k + 4 * k * fl * h
+    return flops
 
 
 def compression(cfg: BenchConfig, model: VocoModel, matmul_tflops: float | None, batch: int) -> dict:

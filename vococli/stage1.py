@@ -75,16 +75,45 @@ def _supports_projection_capture(model: VocoModel) -> bool:
             and all(hasattr(attn, a) for a in ("k_proj", "v_proj", "head_dim")))
 
 
+def _rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on (B, H, T, D) with cos/sin (B, T, D)."""
+    return t * cos[:, None] + rotate_half(t) * sin[:, None]
+
+
+def _voco_rows(model: VocoModel, layer, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The output of decoder `layer` at the K VoCo slots alone, given its full input (B, fl, H).
+
+    The layer itself runs on the K VoCo tokens, with the keys/values of the tokens before them
+    (its input norm, k/v projections and RoPE on those tokens) handed to it as a cache, and the
+    VoCo rows of the in-frame mask. The image tokens' queries, attention output and MLP, which
+    only feed the next layer's image tokens, are never computed."""
+    lay = model.layout
+    attn = layer.self_attn
+    n, fl, _ = hidden.shape
+    c0 = lay.c0
+    x = layer.input_layernorm(hidden[:, :c0])
+    cos, sin = model.language_model.rotary_emb(hidden, positions)
+    keys = _rotate(attn.k_proj(x).view(n, c0, -1, attn.head_dim).transpose(1, 2), cos[:, :c0], sin[:, :c0])
+    values = attn.v_proj(x).view(n, c0, -1, attn.head_dim).transpose(1, 2)
+    cache = DynamicCache(config=model.text_config)
+    cache.update(keys, values, attn.layer_idx)
+    mask = additive_mask(frame_allowed(lay, "voco")[c0:], hidden.dtype).to(hidden.device)
+    return layer(hidden[:, c0:], attention_mask=mask, position_ids=positions[:, c0:], cache=cache,
+                 use_cache=True, position_embeddings=(cos[:, c0:], sin[:, c0:]))
+
+
 @torch.inference_mode()
 def compress_embeddings(model: VocoModel, embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal prefill of stage-1 embeddings at the canonical offset; returns VoCo keys, values
     (L, B, Hkv, K, D).
 
-    Only what is kept is computed and stored: no key/value cache is built (each layer's input is
-    read at the K VoCo tokens and their keys/values are recomputed from it: norm, k/v projections,
-    RoPE on the keys; 2 of ~580 tokens per frame), the last layer runs only that (its attention and
-    MLP feed nothing that is kept), and neither the final norm nor the LM head runs. A test checks
-    this equals `prefill_frames`.
+    Only what is kept is computed and stored. No key/value cache is built: each layer's input is
+    read at the K VoCo tokens and their keys/values are recomputed from it (norm, k/v projections,
+    RoPE on the keys; 2 of ~580 tokens per frame). Work whose result is discarded is skipped: the
+    last layer runs only that (its attention and MLP feed nothing that is kept), the layer before
+    it runs only for the K VoCo rows (its image tokens' outputs would feed only the last layer's
+    image tokens), and neither the final norm nor the LM head runs. A test checks this equals
+    `prefill_frames`.
     """
     if not _supports_projection_capture(model):
         keys, values = prefill_frames(model, embeds, torch.zeros(embeds.shape[0], dtype=torch.long))
@@ -99,6 +128,9 @@ def compress_embeddings(model: VocoModel, embeds: torch.Tensor) -> tuple[torch.T
     # transformers use its causal path (flash/efficient SDPA kernels, no mask in memory).
     layers = lm.layers[: model.text_config.num_hidden_layers]
     inputs: list[torch.Tensor] = []  # each layer's input at the K slots
+    partial = len(layers) > 1  # the layer before the last runs for the VoCo rows only
+    stop_at = layers[-2] if partial else layers[-1]  # the first layer not run in full
+    full_input: list[torch.Tensor] = []  # its whole input
 
     # Hooks on the layers, not inside them: they run before a layer's (possibly compiled) forward,
     # so nothing in the layer depends on them, and a layer compiled once serves all layers.
@@ -106,11 +138,11 @@ def compress_embeddings(model: VocoModel, embeds: torch.Tensor) -> tuple[torch.T
         inputs.append((args[0] if args else kwargs["hidden_states"])[:, keep].clone())
 
     def stop(module, args, kwargs):
-        record(module, args, kwargs)
+        full_input.append(args[0] if args else kwargs["hidden_states"])
         raise _LastLayerReached
 
-    hooks = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers[:-1]]
-    hooks.append(layers[-1].register_forward_pre_hook(stop, with_kwargs=True))
+    hooks = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers[: len(layers) - 1 - partial]]
+    hooks.append(stop_at.register_forward_pre_hook(stop, with_kwargs=True))
     try:
         lm(inputs_embeds=embeds, position_ids=positions, attention_mask=None, use_cache=False)
     except _LastLayerReached:
@@ -118,20 +150,21 @@ def compress_embeddings(model: VocoModel, embeds: torch.Tensor) -> tuple[torch.T
     finally:
         for h in hooks:
             h.remove()
+    inputs.append(full_input[0][:, keep])
+    if partial:
+        inputs.append(_voco_rows(model, stop_at, full_input[0], positions))
     # a layer's keys/values at the K slots: its input norm and k/v projections on those tokens
     # alone (both act token by token, so this is what the layer itself computed there)
     normed = [layer.input_layernorm(h) for layer, h in zip(layers, inputs)]
     raw_k = [layer.self_attn.k_proj(x) for layer, x in zip(layers, normed)]
     raw_v = [layer.self_attn.v_proj(x) for layer, x in zip(layers, normed)]
-    last = layers[-1]
-    head_dim = last.self_attn.head_dim
+    head_dim = layers[-1].self_attn.head_dim
     cos, sin = lm.rotary_emb(embeds, positions[:, keep])  # (B, K, D), in the embeddings' dtype
-    cos, sin = cos[:, None], sin[:, None]
 
     def heads(t):  # (B, K, Hkv*D) -> (B, Hkv, K, D)
         return t.view(n, lay.k, -1, head_dim).transpose(1, 2)
 
-    keys = torch.stack([heads(k) * cos + rotate_half(heads(k)) * sin for k in raw_k])
+    keys = torch.stack([_rotate(heads(k), cos, sin) for k in raw_k])
     values = torch.stack([heads(v) for v in raw_v])
     return keys, values
 
@@ -155,10 +188,10 @@ def supports_compiled_layers(model: VocoModel) -> bool:
 
 @contextmanager
 def compiled_layers(model: VocoModel):
-    """Within the block, every decoder layer but the last (the ones stage 1 runs in full) runs
-    through torch.compile, which fuses its norms, rotary and activation passes. The fast path's
-    pre-hooks run outside the compiled forward, so one compiled graph serves every layer."""
-    layers = model.language_model.layers[:-1]
+    """Within the block, every decoder layer but the last two (the ones stage 1 runs in full)
+    runs through torch.compile, which fuses its norms, rotary and activation passes. The fast
+    path's pre-hooks run outside the compiled forward, so one compiled graph serves every layer."""
+    layers = model.language_model.layers[: model.text_config.num_hidden_layers][:-2]
     allow_recompiles(COMPILED_BATCH_SIZES)  # one graph per batch size, shared by all layers
     before = [vars(layer).get("forward") for layer in layers]  # a forward set on the instance (hooks)
     for layer in layers:
