@@ -157,10 +157,28 @@ def write_bench_video(path: Path, frames: int, size: tuple[int, int] = (480, 640
     return path
 
 
-def end_to_end(cfg: BenchConfig, model: VocoModel) -> dict:
-    """`compress` of a video file; with `cfg.compile` a second time with stage 1 compiled."""
-    from .compress import compress_video
+def decode_only(video: Path, batch: int, pin: bool) -> dict:
+    """Decoding a video's 1-fps frames as `compress` does (background thread, pinned batches on
+    CUDA), with no model: the rate compress cannot exceed whatever the GPU does."""
+    from .frame_feed import Prefetcher, frames_tensor
+    from .video import Sampling, VideoReader, plan_frames
 
+    t0 = time.perf_counter()
+    reader = VideoReader(video)
+    plan = plan_frames(reader.timestamps, Sampling(fps=1.0))
+    frames = 0
+    with Prefetcher(reader.read(plan, batch), lambda b: frames_tensor(b.frames, pin)) as batches:
+        for t in batches:
+            frames += t.shape[0]
+    seconds = time.perf_counter() - t0
+    return {"decode_frames_s": round(frames / seconds, 1) if seconds > 0 else None, "decode_s": round(seconds, 2)}
+
+
+def end_to_end(cfg: BenchConfig, model: VocoModel) -> dict:
+    """`compress` of a video file (and, for comparison, decoding it alone); with `cfg.compile` a
+    second time with stage 1 compiled."""
+    from .compress import CHUNK_FRAMES, compress_video
+    from .frame_feed import auto_batch_size
     from .video import Sampling
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,6 +188,8 @@ def end_to_end(cfg: BenchConfig, model: VocoModel) -> dict:
         else:
             video, what = Path(cfg.video), Path(cfg.video).name
         written = time.perf_counter() - t0
+        batch = min(cfg.batch_size or auto_batch_size(model), CHUNK_FRAMES)  # as compress reads them
+        decoding = decode_only(video, batch, cfg.device.type == "cuda")
         runs = {}
         for compiled in (False, True) if cfg.compile else (False,):
             if compiled:
@@ -182,7 +202,8 @@ def end_to_end(cfg: BenchConfig, model: VocoModel) -> dict:
     hour = 3600 / res.frames_per_s if res.frames_per_s else None
     out = {"frames": res.frames, "seconds": round(res.seconds, 2), "frames_s": round(res.frames_per_s, 1),
            "backend": res.backend, "video": what, "video_write_s": round(written, 1),
-           "hour_at_1fps_s": round(hour, 1) if hour else None, "peak_gib": gib(peak)}
+           "hour_at_1fps_s": round(hour, 1) if hour else None, "peak_gib": gib(peak),
+           "decode_wait_s": round(res.decode_wait_s, 2), **decoding}
     if True in runs:  # the compiled run includes its compilation
         res_c, _ = runs[True]
         out.update({"compiled_seconds": round(res_c.seconds, 2), "compiled_frames_s": round(res_c.frames_per_s, 1),

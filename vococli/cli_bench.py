@@ -160,6 +160,8 @@ def print_section(name: str, value) -> None:
                   f"{value['frames_s']} frames/s ({value['backend']}); an hour at 1 fps would take "
                   f"{value['hour_at_1fps_s']} s"
                   + (f"; extra GPU memory {value['peak_gib']} GiB" if value.get("peak_gib") is not None else ""))
+        out.print(f"  decoding alone: {value['decode_frames_s']} frames/s; compress waited {value['decode_wait_s']} s "
+                  "for decoded frames")
         if "compiled_seconds" in value:
             out.print(f"compress with stage 1 compiled (--compile, compilation included): {value['compiled_seconds']} s "
                       f"= {value['compiled_frames_s']} frames/s, {value['compiled_speedup']}x")

@@ -28,6 +28,9 @@ from .video import Sampling, VideoReader, plan_frames
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
+CHUNK_FRAMES = 128  # frames per cache chunk, the unit of resuming
+
+
 @dataclass
 class CompressResult:
     path: Path
@@ -37,6 +40,7 @@ class CompressResult:
     computed: int  # frames compressed by this run (0 when the cache was already complete)
     seconds: float
     backend: str
+    decode_wait_s: float = 0.0  # time the model waited for decoded frames
 
     @property
     def frames_per_s(self) -> float:
@@ -45,7 +49,8 @@ class CompressResult:
     def to_dict(self) -> dict:
         return {"cache": str(self.path), "frames": self.frames, "planned": self.planned, "lost": self.lost,
                 "computed": self.computed, "seconds": round(self.seconds, 3),
-                "frames_per_s": round(self.frames_per_s, 2), "backend": self.backend}
+                "frames_per_s": round(self.frames_per_s, 2), "backend": self.backend,
+                "decode_wait_s": round(self.decode_wait_s, 3)}
 
 
 def default_output(video: Path) -> Path:
@@ -53,7 +58,7 @@ def default_output(video: Path) -> Path:
 
 
 def compress_video(model: VocoModel, video: str | Path, out: str | Path | None = None,
-                   sampling: Sampling = Sampling(), batch_size: int | None = None, chunk_frames: int = 128,
+                   sampling: Sampling = Sampling(), batch_size: int | None = None, chunk_frames: int = CHUNK_FRAMES,
                    overwrite: bool = False, cache_dtype: str = "auto",
                    progress: Callable[[int, int], None] | None = None,
                    notice: Callable[[str], None] = print, compile: bool = False) -> CompressResult:
@@ -141,7 +146,7 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
     if lost:
         notice(f"note: {lost} of {total} planned frames could not be decoded (damaged video) and were skipped")
     return CompressResult(out, writer.frames_done, total, lost, computed, time.perf_counter() - t_start,
-                          reader.backend)
+                          reader.backend, batches.waited)
 
 
 def _empty_chunk(model: VocoModel) -> torch.Tensor:

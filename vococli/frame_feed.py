@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -24,11 +25,13 @@ MEMORY_SHARE = 0.6  # of the free GPU memory that batches may take
 
 
 class Prefetcher:
-    """Iterate `source` in a background thread, `depth` items ahead; exceptions are re-raised here."""
+    """Iterate `source` in a background thread, `depth` items ahead; exceptions are re-raised here.
+    `waited` is the time the consumer spent waiting for items (the source was the slower side)."""
 
     _END = object()
 
     def __init__(self, source: Iterable, convert: Callable = lambda x: x, depth: int = 2):
+        self.waited = 0.0
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, args=(source, convert), daemon=True)
@@ -55,7 +58,9 @@ class Prefetcher:
 
     def __iter__(self) -> Iterator:
         while True:
+            t0 = time.perf_counter()
             item = self._queue.get()
+            self.waited += time.perf_counter() - t0
             if item is self._END:
                 return
             if isinstance(item, BaseException):
