@@ -114,3 +114,22 @@ def test_bench_runs_on_gpu():
     assert all("error" not in r for r in res["long"]), res["long"]
     assert {r["path"] for r in res["long"]} == {"dynamic", "graph"}
 
+
+
+def test_stage1_never_waits_for_the_gpu(tiny_ckpt):
+    """Pixels to VoCo keys/values queue GPU work without one host-device synchronisation (each
+    would leave the GPU idle while the host launches the next kernels): resizing, the vision
+    tower, stage 1 with its partial layer."""
+    from vococli.preprocess import to_pixels
+    from vococli.stage1 import compress_pixels
+
+    m = load_model(tiny_ckpt, device="cuda", dtype="bfloat16")
+    frames = torch.randint(0, 255, (4, 48, 64, 3), dtype=torch.uint8).pin_memory()
+    compress_pixels(m, to_pixels(frames, m.image, m.device, m.dtype))  # warm-up (library initialisation)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        keys, values = compress_pixels(m, to_pixels(frames, m.image, m.device, m.dtype))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert keys.shape[1] == 4 and values.is_cuda

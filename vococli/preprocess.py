@@ -36,11 +36,12 @@ def to_pixels(frames: np.ndarray | torch.Tensor, spec: ImageSpec, device: torch.
               dtype: torch.dtype) -> torch.Tensor:
     """(B, H, W, 3) uint8 frames -> (B, 3, size, size) normalised pixel values in `dtype`."""
     x = frames_as_tensor(frames).to(device, non_blocking=True).permute(0, 3, 1, 2)  # (B, 3, H, W)
-    fill = torch.tensor([int(m * 255) for m in spec.mean], dtype=torch.uint8, device=device)
+    # constants copied with non_blocking: a plain copy from host memory would wait for queued GPU work
+    fill = torch.tensor([int(m * 255) for m in spec.mean], dtype=torch.uint8).to(device, non_blocking=True)
     x = pad_to_square(x, fill).float()
     if x.shape[-1] != spec.size:
         x = F.interpolate(x, size=(spec.size, spec.size), mode="bicubic", antialias=True, align_corners=False)
         x = x.round().clamp(0, 255)  # the reference resizes in uint8 images
-    mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(spec.mean).to(device, non_blocking=True).view(1, 3, 1, 1)
+    std = torch.tensor(spec.std).to(device, non_blocking=True).view(1, 3, 1, 1)
     return ((x / 255.0 - mean) / std).to(dtype)

@@ -37,8 +37,9 @@ def frame_embeddings(model: VocoModel, feats: torch.Tensor) -> torch.Tensor:
     lay = model.layout
     embed = model.language_model.get_input_embeddings()
     dev = feats.device
-    head = embed(torch.tensor([lay.bos_id], device=dev))  # (1, hidden)
-    tail = embed(torch.tensor(list(lay.separator_ids) + [lay.voco_id] * lay.k, device=dev))
+    # non_blocking: a plain copy from host memory would wait for all queued GPU work
+    head = embed(torch.tensor([lay.bos_id]).to(dev, non_blocking=True))  # (1, hidden)
+    tail = embed(torch.tensor(list(lay.separator_ids) + [lay.voco_id] * lay.k).to(dev, non_blocking=True))
     b = feats.shape[0]
     return torch.cat([head.expand(b, -1, -1), feats.to(head.dtype), tail.expand(b, -1, -1)], dim=1)
 
@@ -97,7 +98,7 @@ def _voco_rows(model: VocoModel, layer, hidden: torch.Tensor, positions: torch.T
     values = attn.v_proj(x).view(n, c0, -1, attn.head_dim).transpose(1, 2)
     cache = DynamicCache(config=model.text_config)
     cache.update(keys, values, attn.layer_idx)
-    mask = additive_mask(frame_allowed(lay, "voco")[c0:], hidden.dtype).to(hidden.device)
+    mask = additive_mask(frame_allowed(lay, "voco")[c0:], hidden.dtype).to(hidden.device, non_blocking=True)
     return layer(hidden[:, c0:], attention_mask=mask, position_ids=positions[:, c0:], cache=cache,
                  use_cache=True, position_embeddings=(cos[:, c0:], sin[:, c0:]))
 
