@@ -210,6 +210,43 @@ def test_refuses_truncated_chunk(cache):
         load_cache(cache)
 
 
+def test_refuses_damaged_data_by_its_checksum(cache):
+    """Bytes changed inside a chunk's data (its header intact) are caught when it is loaded."""
+    load_cache(cache)
+    p = chunk_path(cache, 1)
+    data = bytearray(p.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")  # safetensors: header length, header, data
+    data[start + 40:start + 48] = b"\xff" * 8
+    p.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="chunk-00001.*checksum"):
+        load_cache(cache)
+
+
+def test_reads_chunks_written_without_checksums(cache):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    before = load_cache(cache)
+    for p in sorted(cache.glob("chunk-*.safetensors")):
+        with safe_open(str(p), framework="pt") as f:
+            meta = json.loads(f.metadata()["vococli"])
+        del meta["crc32"]
+        save_file(load_file(str(p)), str(p), metadata={"vococli": json.dumps(meta)})
+    after = load_cache(cache)
+    assert torch.equal(after.keys, before.keys) and torch.equal(after.values, before.values)
+
+
+def test_refuses_a_chunk_from_another_cache(tiny_model, tmp_path, cache):
+    other = compress_video(tiny_model, CLIP, tmp_path / "o.voco", Sampling(fps=1.0, max_frames=16),
+                           chunk_frames=8, notice=lambda s: None).path
+    chunk_path(cache, 1).write_bytes(chunk_path(other, 0).read_bytes())
+    with pytest.raises(UserError, match="chunk-00001.*holds chunk 0.*another cache"):
+        load_cache(cache)
+    chunk_path(cache, 1).write_bytes(chunk_path(other, 1).read_bytes())
+    with pytest.raises(UserError, match="chunk-00001.*belongs to another cache"):
+        read_info(cache)
+
+
 def test_refuses_missing_chunk(cache):
     chunk_path(cache, 1).unlink()
     with pytest.raises(UserError, match="missing"):

@@ -2,8 +2,8 @@
 
 Each chunk holds `keys` and `values` shaped (layers, frames, kv_heads, K, head_dim) in the model
 dtype (or int8 with `keys_scale`/`values_scale` when stored in 8 bits), `timestamps` (frames,)
-float64, and the whole metadata as a JSON string under the safetensors metadata key "vococli".
-Chunks are written to a temporary name and renamed, so a chunk on disk is complete or absent; an
+float64, and the whole metadata as a JSON string under the safetensors metadata key "vococli",
+including a CRC-32 of each tensor's bytes, checked when the chunk is loaded. Chunks are written to a temporary name and renamed, so a chunk on disk is complete or absent; an
 interrupted compress resumes after the last chunk. The last chunk carries `"final": true`.
 `ChunkQueue` writes chunks in a background thread, so compress computes the next frames meanwhile.
 """
@@ -16,6 +16,8 @@ import os
 import queue
 import shutil
 import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,8 +101,15 @@ def list_chunks(root: Path) -> list[Chunk]:
         raise UserError(f"{root}: not a vococli cache (expected a .voco folder; `vococli compress` makes one)")
     chunks = [Chunk(p, _read_meta(p)) for p in sorted(root.glob(CHUNK_GLOB))]
     for i, c in enumerate(chunks):
-        if c.meta["chunk"] != i:
+        if c.path.name != chunk_path(root, i).name:
             raise UserError(f"{root}: chunk {i} is missing; the cache is incomplete")
+        if c.meta["chunk"] != i:
+            raise UserError(f"{c.path}: holds chunk {c.meta['chunk']} of a cache, not chunk {i}: it was copied "
+                            "from another cache")
+        differs = [k for k in RESUME_KEYS if not _same_field(k, c.meta, chunks[0].meta)]
+        if differs:
+            raise UserError(f"{c.path}: belongs to another cache (its {differs[0].replace('_', ' ')} differs "
+                            "from the first chunk's)")
     return chunks
 
 
@@ -132,16 +141,11 @@ def load_cache(root: Path, fingerprint: str | None = None, allow_partial: bool =
                         f"{meta['model_fingerprint']}; this model is {fingerprint}); compress the video with "
                         "this model")
     names = ["keys", "values"] + (["keys_scale", "values_scale"] if storage(meta) == "int8" else [])
-    parts: dict[str, list] = {n: [] for n in names}
-    stamps = []
-    for c in chunks:
-        try:
-            with safe_open(str(c.path), framework="pt") as f:
-                for n in names:
-                    parts[n].append(f.get_tensor(n))
-                stamps.append(f.get_tensor("timestamps").numpy())
-        except Exception as e:
-            raise UserError(f"{c.path}: damaged cache chunk ({e})") from None
+    # chunks are read and checked in threads (zlib's CRC and safetensors' reads release the GIL)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        read = list(pool.map(lambda c: _read_chunk(c, names), chunks))
+    parts = {n: [r[n] for r in read] for n in names}
+    stamps = [r["timestamps"].numpy() for r in read]
     full = {n: torch.cat(p, dim=1) for n, p in parts.items()}
     if full["keys"].shape[1] == 0:
         raise UserError(f"{root}: the cache holds no frames")
@@ -149,8 +153,33 @@ def load_cache(root: Path, fingerprint: str | None = None, allow_partial: bool =
                       key_scales=full.get("keys_scale"), value_scales=full.get("values_scale"))
 
 
-def _resume_field(meta: dict, key: str):
-    return storage(meta) if key == "storage" else meta[key]
+def _read_chunk(c: Chunk, names: list[str]) -> dict:
+    """The tensors `names` and the timestamps of one chunk, checked against the chunk's CRC-32s
+    (chunks written before the checksums were added have none and are read as they are)."""
+    try:
+        with safe_open(str(c.path), framework="pt") as f:
+            tensors = {n: f.get_tensor(n) for n in [*names, "timestamps"]}
+    except Exception as e:
+        raise UserError(f"{c.path}: damaged cache chunk ({e})") from None
+    for n, expected in c.meta.get("crc32", {}).items():
+        if n in tensors and crc32(tensors[n]) != expected:
+            raise UserError(f"{c.path}: damaged cache chunk (its {n} do not match their checksum); "
+                            "compress the video again with --overwrite")
+    return tensors
+
+
+def crc32(t: torch.Tensor) -> int:
+    """CRC-32 of a CPU tensor's bytes."""
+    import torch
+
+    return zlib.crc32(t.contiguous().view(-1).view(torch.uint8).numpy())
+
+
+def _same_field(key: str, a: dict, b: dict) -> bool:
+    """Whether two chunks' (or a chunk's and a new job's) metadata agree on one of RESUME_KEYS."""
+    if key == "storage":
+        return storage(a) == storage(b)
+    return same_video(a[key], b[key]) if key == "video" else a[key] == b[key]
 
 
 def storage(meta: dict) -> str:
@@ -194,9 +223,7 @@ class CacheWriter:
             return
         last = chunks[-1].meta
         for key in RESUME_KEYS:
-            old, new = _resume_field(last, key), _resume_field(self.meta, key)
-            equal = same_video(old, new) if key == "video" else old == new
-            if not equal:
+            if not _same_field(key, last, self.meta):
                 raise UserError(f"{self.root}: exists with a different {key.replace('_', ' ')}; "
                                 "pass --overwrite to replace it or choose another -o")
         self.next_chunk = len(chunks)
@@ -221,6 +248,7 @@ class CacheWriter:
             tensors["values"], tensors["values_scale"] = quantize_int8(tensors["values"])
         tensors = {n: t.contiguous() for n, t in tensors.items()}
         tensors["timestamps"] = torch.tensor(timestamps, dtype=torch.float64)
+        meta["crc32"] = {n: crc32(t) for n, t in tensors.items()}
         path = chunk_path(self.root, self.next_chunk)
         tmp = path.with_suffix(".tmp")
         try:
