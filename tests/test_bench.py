@@ -8,6 +8,7 @@ from vococli.bench import BenchConfig, run_bench
 from vococli.bench_answer import kv_bytes
 from test_cli import run
 from test_equivalence import with_layers
+from vococli.errors import UserError
 from vococli.frame_feed import Backoff, Prefetcher, auto_batch_size
 
 
@@ -107,6 +108,17 @@ def test_module_bytes_counts_what_4bit_weights_hold(tiny_model):
     assert q4 - norms == pytest.approx(linear_weights / 2 + groups * scale_and_zero, rel=0.01)
 
 
+def test_a_preset_too_large_for_free_memory_is_refused_before_it_is_built(monkeypatch):
+    import vococli.arch as arch
+
+    need = arch.weights_bytes(arch._preset("tiny")[1], torch.float32)
+    monkeypatch.setattr(arch, "free_bytes", lambda device: need - 1)
+    with pytest.raises(UserError, match="--preset tiny: its weights alone take"):
+        arch.random_model("tiny", torch.device("cpu"), torch.float32)
+    monkeypatch.setattr(arch, "free_bytes", lambda device: need)
+    assert arch.random_model("tiny", torch.device("cpu"), torch.float32).llava is not None
+
+
 def test_kv_bytes():
     class M:  # a 7B-shaped model in bf16: 1 MiB per frame at K=2
         text_config = type("C", (), {"num_hidden_layers": 32, "num_key_value_heads": 32, "hidden_size": 4096,
@@ -121,7 +133,8 @@ def test_bench_cli_json_and_bad_flags():
     data = json.loads(res.stdout)
     assert [row["cached_tokens"] for row in data["table7"]][1:] == [18, 2]
     for args, word in [(["--sections", "vision,nope"], "nope"), (["--minutes", "1,x"], "--minutes"),
-                       (["--preset", "gpt-9"], "--preset"), (["--weights", "nf4,fp8"], "--weights")]:
+                       (["--preset", "gpt-9"], "--preset"), (["--weights", "nf4,fp8"], "--weights"),
+                       (["--no-4bit", "--weights", "nf4"], "--no-4bit"), (["--video", "README.md"], "README.md")]:
         bad = run("bench", *args)
         assert bad.returncode == 1 and word in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 

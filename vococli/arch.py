@@ -73,17 +73,45 @@ def arch_config(arch: Arch, tokenizer) -> LlavaConfig:
     return config
 
 
-def random_model(name: str, device: torch.device, dtype: torch.dtype, voco_tokens: int | None = None,
-                 seed: int = 0) -> VocoModel:
-    """A VocoModel of architecture `name` with random weights, created directly on `device`."""
+def _preset(name: str):
+    """The tokenizer and LlavaConfig of architecture `name`."""
     if name not in ARCH_NAMES:
         raise UserError(f"--preset {name!r}: choose one of {', '.join(ARCH_NAMES)}")
     if name == TINY_ARCH:
         tokenizer = build_tokenizer(TINY_PRESETS["tiny"].vocab_size)
-        config = tiny_llava_config(TINY_PRESETS["tiny"], tokenizer)
-    else:
-        tokenizer = build_tokenizer(384)
-        config = arch_config(ARCHS[name], tokenizer)
+        return tokenizer, tiny_llava_config(TINY_PRESETS["tiny"], tokenizer)
+    tokenizer = build_tokenizer(384)
+    return tokenizer, arch_config(ARCHS[name], tokenizer)
+
+
+def weights_bytes(config: LlavaConfig, dtype: torch.dtype) -> int:
+    """Bytes of a model's weights in `dtype` (counted on the meta device: nothing is allocated)."""
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(config)
+    return sum(p.numel() for p in model.parameters()) * torch.finfo(dtype).bits // 8
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Free memory on a GPU, or available memory on a Linux host; None where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def random_model(name: str, device: torch.device, dtype: torch.dtype, voco_tokens: int | None = None,
+                 seed: int = 0) -> VocoModel:
+    """A VocoModel of architecture `name` with random weights, created directly on `device`. Refused
+    at once when its weights alone would not fit the device's free memory."""
+    tokenizer, config = _preset(name)
+    need, free = weights_bytes(config, dtype), free_bytes(torch.device(device))
+    if free is not None and need > free:
+        raise UserError(f"--preset {name}: its weights alone take {need / 2**30:.1f} GiB in {str(dtype)[6:]}, "
+                        f"more than the {free / 2**30:.1f} GiB free on {device}; use a GPU or --preset {TINY_ARCH}")
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)

@@ -231,6 +231,8 @@ def run_bench(cfg: BenchConfig, report: Callable[[str, object], None] = lambda k
         return value
 
     ceil = section("ceilings", lambda: ceilings(cfg)) if "ceilings" in cfg.sections else {}
+    if not set(cfg.sections) - {"ceilings"}:
+        return result
     t0 = time.perf_counter()
     model = random_model(cfg.preset, cfg.device, cfg.dtype, cfg.voco_tokens)
     result["model"] = {"build_s": round(time.perf_counter() - t0, 1), "frame_tokens": model.layout.frame_len,

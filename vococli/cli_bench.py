@@ -30,8 +30,9 @@ def bench_command(
                                 "1-fps video."),
     answer_tokens: int = typer.Option(64, help="Tokens generated per answer (end-of-sequence ignored)."),
     repeats: int = typer.Option(3, help="Timed repetitions per measurement (the median is reported)."),
-    weights: str = typer.Option("nf4,int4", "--weights", help="4-bit answering models timed beside the full one, "
-                                "comma-separated: nf4 (bitsandbytes), int4 (torchao); none for neither."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="4-bit answering models timed beside the full "
+                                          "one, comma-separated: nf4 (bitsandbytes), int4 (torchao); none for "
+                                          "neither (default: nf4,int4)."),
     four_bit: bool = typer.Option(True, "--4bit/--no-4bit", help="--no-4bit: the same as --weights none."),
     compile: bool = typer.Option(False, "--compile", help="Also time the compiled decode path "
                                  "(`--decode compiled`) on the longest cache, and stage 1 and the end-to-end "
@@ -68,8 +69,15 @@ def bench_command(
         raise UserError("--repeats, --video-frames and --voco-tokens must be at least 1, --answer-tokens at least 2")
     if batch_size is not None and batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    if video is not None and not video.is_file():
-        raise UserError(f"{video}: video file not found")
+    if video is not None:
+        from .video import VideoReader
+
+        if not video.is_file():
+            raise UserError(f"{video}: video file not found")
+        VideoReader(video)  # refuses a file that is not a readable video before anything runs
+    if weights is not None and not four_bit:
+        raise UserError("--no-4bit and --weights both choose the 4-bit models; give one of them")
+    weights = "nf4,int4" if weights is None else weights
     names = [w.strip() for w in weights.split(",")]
     if not four_bit or weights.strip() == "none":
         quantized: tuple[str, ...] = ()
