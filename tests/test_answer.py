@@ -68,6 +68,8 @@ def test_context_budget_fails_with_advice_or_subsamples(tiny_model):
     assert small.n_frames == fit and "evenly spaced" in notes[0]
     assert small.timestamps[0] == 0 and small.timestamps[-1] == fit + 9
     assert fit_to_context(tiny_model, random_video(tiny_model, 5), 200, False).n_frames == 5
+    with pytest.raises(UserError, match="shorten the question or lower --max-new-tokens"):
+        fit_to_context(tiny_model, video, tiny_model.max_positions, subsample=True)
 
 
 def test_preprocessing_matches_llava_reference():

@@ -73,3 +73,14 @@ def test_default_model_is_used_without_model_flag(tmp_path):
     assert r.returncode == 0, r.stderr
     lines = [l for l in r.stdout.splitlines() if not l.startswith("Q:")]
     assert lines == CARD["demo_answers"], r.stdout
+
+
+def test_a_missing_model_folder_from_the_environment_is_named_as_such(monkeypatch, tmp_path):
+    from vococli.defaults import default_model_path
+    from vococli.errors import UserError
+
+    monkeypatch.setenv("VOCOCLI_MODEL", str(tmp_path / "gone"))
+    with pytest.raises(UserError, match=r"gone \(from \$VOCOCLI_MODEL\): model folder not found"):
+        default_model_path()
+    monkeypatch.setenv("VOCOCLI_MODEL", "org/name")  # a hub id: resolved when the model is loaded
+    assert default_model_path() == "org/name"

@@ -46,6 +46,8 @@ def test_plan_rejects_bad_ranges():
         plan_frames(ts, Sampling(fps=0))
     with pytest.raises(UserError):
         plan_frames(ts, Sampling(start=20))
+    with pytest.raises(UserError, match="--start must be .*0 or more"):
+        plan_frames(ts, Sampling(start=-5))
 
 
 def test_sample_clip_reads_with_timestamps():

@@ -164,7 +164,8 @@ class Session:
         need = positions_needed(self.model, self.video.n_frames, self.used + len(ids) + gen.max_new_tokens)
         if need > self.model.max_positions:
             raise UserError(f"this turn needs {need} positions, the model has {self.model.max_positions}: "
-                            "lower --max-new-tokens, start a new conversation, or use fewer frames")
+                            "shorten the question, lower --max-new-tokens, start a new conversation, or use fewer "
+                            "frames")
         rng = torch.Generator().manual_seed(gen.seed) if gen.temperature > 0 else None
         logits = self._prefill(ids, gen.max_new_tokens)
         out: list[int] = []

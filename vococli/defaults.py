@@ -27,7 +27,12 @@ def bundled_model_dir():
 def default_model_path() -> str:
     """$VOCOCLI_MODEL, else the bundled default model."""
     if os.environ.get(ENV_MODEL):
-        return os.environ[ENV_MODEL]
+        path = os.environ[ENV_MODEL]
+        from .model import HUB_ID
+
+        if not Path(path).exists() and not HUB_ID.fullmatch(path):  # hub ids are resolved when loaded
+            raise UserError(f"{path} (from ${ENV_MODEL}): model folder not found")
+        return path
     bundled = bundled_model_dir()
     if bundled is not None and (bundled / "config.json").is_file():
         return os.fspath(bundled)

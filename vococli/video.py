@@ -84,8 +84,8 @@ def plan_frames(timestamps: np.ndarray, sampling: Sampling) -> np.ndarray:
     if not math.isfinite(sampling.fps) or sampling.fps <= 0:
         raise UserError(f"--fps must be a positive number, got {sampling.fps}")
     for name, value in (("--start", sampling.start), ("--end", sampling.end)):
-        if value is not None and not math.isfinite(value):
-            raise UserError(f"{name} must be a number of seconds, got {value}")
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise UserError(f"{name} must be a number of seconds from the start of the video (0 or more), got {value}")
     first, last = float(timestamps[0]), float(timestamps[-1])
     t0 = max(sampling.start, first)
     t1 = last if sampling.end is None else min(sampling.end, last)

@@ -97,8 +97,8 @@ def fit_to_context(model: VocoModel, video: VideoCache, extra_tokens: int, subsa
         return video
     fit = max_frames_that_fit(model, extra_tokens)
     if fit < 1:
-        raise UserError(f"the prompt and answer ({extra_tokens} tokens) alone exceed the model's "
-                        f"{model.max_positions} positions; lower --max-new-tokens")
+        raise UserError(f"the prompt and the longest answer ({extra_tokens} tokens) alone exceed the model's "
+                        f"{model.max_positions} positions; shorten the question or lower --max-new-tokens")
     if not subsample:
         raise UserError(
             f"{video.n_frames} frames x {model.layout.k} VoCo tokens + {extra_tokens} prompt/answer tokens "
