@@ -84,6 +84,14 @@ def test_user_errors_exit_1_with_one_line(tmp_path, tiny_ckpt):
     assert run("ask", "--no-such-flag").returncode == 1
 
 
+
+@pytest.mark.parametrize("k", ["0", "-1"])
+def test_tiny_model_refuses_fewer_than_one_voco_token(tmp_path, k):
+    r = run("tiny-model", tmp_path / "m", "--voco-tokens", k)
+    assert r.returncode == 1 and "--voco-tokens must be at least 1" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "m").exists()
+
+
 CORRUPT = REALDATA / "videos" / "decord_corrupted.mp4"
 
 

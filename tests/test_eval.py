@@ -129,6 +129,7 @@ def test_other_settings_are_refused_and_scores_written(dataset, reference):
     out, _ = reference
     r = run(*eval_args(root, out, "--fps", "2"))
     assert r.returncode == 1 and "different sampling" in r.stderr and "Traceback" not in r.stderr
+    assert "sampling fps (1.0 there, 2.0 now)" in r.stderr, r.stderr
     r = run(*eval_args(root, out, "--dtype", "bfloat16"))  # other answers: not the same run
     assert r.returncode == 1 and "different dtype" in r.stderr
     r = run("score", out, "--json")
@@ -142,6 +143,42 @@ def test_other_settings_are_refused_and_scores_written(dataset, reference):
     assert (out / "accuracy_exact.png").exists()
     r = run("score", out)
     assert r.returncode == 0 and "overall" in r.stdout
+
+
+def test_a_changed_setting_is_named_with_both_values(tmp_path):
+    from vococli.errors import UserError
+    from vococli.eval_run import check_same_run
+
+    record = {"dataset": "msvd", "sampling": {"fps": 1.0, "start": 0.0, "end": None, "max_frames": None},
+              "generation": {"max_new_tokens": 32, "temperature": 0.0, "decoding": "greedy"}}
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    check_same_run(tmp_path / "run.json", record)
+    now = {**record, "sampling": {**record["sampling"], "max_frames": 8},
+           "generation": {**record["generation"], "max_new_tokens": 4}}
+    with pytest.raises(UserError) as e:
+        check_same_run(tmp_path / "run.json", now)
+    assert "different sampling max_frames (None there, 8 now), generation max_new_tokens (32 there, 4 now)" in str(e.value)
+
+
+def test_a_rerun_says_how_many_earlier_answers_were_errors(tiny_ckpt, tmp_path):
+    (tmp_path / "videos").mkdir()
+    qa = [{"video_id": f"gone{i}", "question": "what colour?", "answer": "red", "id": f"gone{i}_0"} for i in range(2)]
+    (tmp_path / "qa.json").write_text(json.dumps(qa))
+    args = ("eval", "msvd", "--qa", tmp_path / "qa.json", "--videos", tmp_path / "videos", "--out", tmp_path / "o",
+            "--model", tiny_ckpt)
+    assert json.loads(run(*args, "--json").stdout)["errors"] == 2
+    r = run(*args)
+    assert r.returncode == 0, r.stderr
+    assert "0 answered, 0 errors, 2 done before (2 of them errors; --retry-errors asks them again)" in r.stdout
+    again = json.loads(run(*args, "--json", "--retry-errors").stdout)
+    assert again["errors"] == 2 and again["already_done"] == again["earlier_errors"] == 0
+
+
+def test_videos_that_is_a_file_is_refused_as_not_a_folder(tmp_path):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"not a folder")
+    r = run("eval", "msvd", "--qa", tmp_path / "qa.json", "--videos", clip, "--out", tmp_path / "o")
+    assert r.returncode == 1 and f"{clip}: not a folder" in r.stderr and "not found" not in r.stderr, r.stderr
 
 
 def test_four_bit_answering_is_its_own_run(dataset, reference, tmp_path):

@@ -221,6 +221,36 @@ def test_train_refuses_bad_input_in_one_line(tmp_path):
     assert r.returncode == 1 and "--init" in r.stderr
 
 
+def run_train(data, out, *args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "vococli", "train", "-d", str(data), "--out", str(out),
+                           *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_steps_and_epochs_together_are_refused(synth_data, tmp_path):
+    r = run_train(synth_data, tmp_path / "run", "--init", "tiny", "--steps", 3, "--epochs", 1)
+    assert r.returncode == 1 and "--steps or --epochs, not both" in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_other_settings_given_on_the_command_line(synth_data, tmp_path):
+    """Only the length, --save-every, --threads and --device may change on --resume; a setting given
+    again with its saved value is fine."""
+    def run(*args):
+        return run_train(synth_data, tmp_path / "run", *args)
+
+    r = run("--init", "tiny", "--steps", 1, "--batch-size", 8, "--threads", 1)
+    assert r.returncode == 0, r.stderr
+    r = run("--steps", 2, "--resume", "--lr", "1e-3", "--mask", "causal")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--lr is 0.0005 in the run, 0.001 now" in r.stderr and "--mask is voco in the run, causal now" in r.stderr
+    r = run("--steps", 2, "--resume", "--init", "tiny", "--batch-size", 8, "--threads", 2)
+    assert r.returncode == 0 and "2 steps" in r.stdout, r.stderr
+    assert json.loads((tmp_path / "run" / "trainer" / "state.json").read_text())["config"]["init"] == "tiny"
+
+
 def test_from_a_llava_checkpoint_without_voco_registers_it_by_name(tmp_path, synth_data):
     """A plain LLaVA checkpoint (no <voco> in its tokenizer) gets the token added and its embeddings grown."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration

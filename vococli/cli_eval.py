@@ -74,6 +74,8 @@ def eval_command(
         raise UserError("--limit must be at least 1")
     if max_new_tokens < 1:
         raise UserError("--max-new-tokens must be at least 1")
+    if videos.exists() and not videos.is_dir():
+        raise UserError(f"{videos}: not a folder; --videos takes the folder that holds the videos")
     if not videos.is_dir():
         raise UserError(f"{videos}: videos folder not found")
     cfg = EvalConfig(dataset=dataset, videos=videos, out=out_dir, cache_dir=cache_dir,
@@ -109,9 +111,11 @@ def eval_command(
     if as_json:
         out.print_json(json.dumps({"out": str(out_dir), **summary.__dict__}))
         return
+    earlier = (f" ({summary.earlier_errors} of them errors; --retry-errors asks them again)"
+               if summary.earlier_errors else "")
     out.print(f"{out_dir}: {summary.answered} answered, {summary.errors} errors, {summary.already_done} done "
-              f"before, of {summary.questions} questions; {summary.videos} videos ({summary.frames_compressed} frames "
-              f"compressed) in {summary.seconds:.1f} s. Score with: vococli score {out_dir}")
+              f"before{earlier}, of {summary.questions} questions; {summary.videos} videos ({summary.frames_compressed} "
+              f"frames compressed) in {summary.seconds:.1f} s. Score with: vococli score {out_dir}")
 
 
 def score_command(

@@ -50,6 +50,7 @@ def synth(
 
 
 def train(
+    ctx: typer.Context,
     data: list[str] = typer.Option(..., "--data", "-d", help="LLaVA-format JSON, or a folder holding train.json "
                                    "(media paths are relative to the JSON's folder). Repeatable."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Checkpoint folder to write (and to --resume)."),
@@ -91,6 +92,9 @@ def train(
     """
     from .train import TrainConfig, train as run_training
 
+    given = given_settings(ctx)
+    if {"steps", "epochs"} <= given:
+        raise UserError("give --steps or --epochs, not both")
     quiet_transformers()
     if no_voco_mask:
         mask = "causal"
@@ -111,9 +115,20 @@ def train(
 
     with progress:
         task = progress.add_task("steps", total=None, info="reading data")
-        st = run_training(cfg, resume=resume, on_step=on_step, notice=lambda s: err.print(s))
+        st = run_training(cfg, resume=resume, on_step=on_step, notice=lambda s: err.print(s), given=given)
     out.print(f"{out_dir}: {st.step} steps, {st.samples:,} conversations in {st.seconds / 60:.1f} min; "
               f"final loss {st.losses[-1][1] if st.losses else float('nan'):.4f} (loss.png beside it)")
+
+
+# train's options whose TrainConfig field has another name
+TRAIN_FIELDS = {"out_dir": "out", "from_checkpoint": "checkpoint", "no_voco_mask": "mask"}
+
+
+def given_settings(ctx: typer.Context) -> frozenset[str]:
+    """The TrainConfig fields set on the command line (not left at their defaults)."""
+    typed = ("COMMANDLINE", "ENVIRONMENT")  # click's ParameterSource names (typer may bundle its own click)
+    return frozenset(TRAIN_FIELDS.get(name, name) for name in ctx.params
+                     if ctx.get_parameter_source(name).name in typed)
 
 
 def experiment_table1(
@@ -155,6 +170,8 @@ def tiny_model(
     """Create a tiny RANDOM checkpoint (for tests and smoke runs; its answers are meaningless)."""
     from .tiny import TinyConfig, make_tiny_checkpoint
 
+    if voco_tokens < 1:
+        raise UserError("--voco-tokens must be at least 1")
     quiet_transformers()
     if output.exists() and any(output.iterdir()):
         raise UserError(f"{output}: exists and is not empty")

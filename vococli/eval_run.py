@@ -67,6 +67,7 @@ class EvalConfig:
 class EvalSummary:
     questions: int  # in the annotation selection
     already_done: int  # answered (or failed) by an earlier run
+    earlier_errors: int  # of already_done, recorded as errors (--retry-errors asks them again)
     answered: int  # answered by this run
     errors: int  # questions this run recorded as errors
     videos: int  # videos whose questions this run answered (or failed)
@@ -118,13 +119,21 @@ def check_same_run(run_file: Path, record: dict) -> None:
         raise UserError(f"{run_file}: unreadable run record ({e}); choose a new --out") from None
     changed = [k for k in SAME_RUN_KEYS if _comparable(old.get(k), k) != _comparable(record.get(k), k)]
     if changed:
-        def what(k):  # short values are named: "answer_weights (nf4 there, int4 now)"
+        def what(k):  # "answer_weights (nf4 there, int4 now)", "sampling max_frames (None there, 8 now)"
             a, b = _comparable(old.get(k), k), _comparable(record.get(k), k)
-            short = all(isinstance(v, (str, int, float)) and len(str(v)) <= 24 for v in (a, b))
-            return f"{k} ({a} there, {b} now)" if short else k
+            if isinstance(a, dict) and isinstance(b, dict):
+                fields = [f for f in {**a, **b} if a.get(f) != b.get(f)]
+                return f"{k} " + ", ".join(_difference(f, a.get(f), b.get(f)) for f in fields)
+            return _difference(k, a, b)
 
         raise UserError(f"{run_file.parent}: holds a run with different {', '.join(map(what, changed))}; "
                         "choose a new --out to keep both")
+
+
+def _difference(name: str, there, now) -> str:
+    """`name (A there, B now)` when both values are short enough to print, else just `name`."""
+    short = all(v is None or (isinstance(v, (str, int, float)) and 0 < len(str(v)) <= 24) for v in (there, now))
+    return f"{name} ({there} there, {now} now)" if short else name
 
 
 def _comparable(value, key: str):
@@ -230,10 +239,11 @@ def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, run_file)
     done = {str(r.get("id")) for r in rows}
+    failed = {str(r.get("id")) for r in rows if "error" in r}
     todo = [it for it in items if it.id not in done]
     groups = group_by_video(todo)
     n_done0 = len(items) - len(todo)
-    summary = EvalSummary(len(items), n_done0, 0, 0, 0, 0, 0.0)
+    summary = EvalSummary(len(items), n_done0, sum(it.id in failed for it in items), 0, 0, 0, 0, 0.0)
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
     log = PredictionLog(pred_file)
     try:

@@ -244,8 +244,10 @@ def total_steps(cfg: TrainConfig, items: list[MediaItem]) -> int:
 
 def train(cfg: TrainConfig, resume: bool = False,
           on_step: Callable[[TrainState, int, float, float], None] | None = None,
-          notice: Callable[[str], None] = print) -> TrainState:
-    """Run (or resume) training; returns the final state. `on_step(state, total, loss, samples_per_s)`."""
+          notice: Callable[[str], None] = print, given: frozenset[str] = frozenset()) -> TrainState:
+    """Run (or resume) training; returns the final state. `on_step(state, total, loss, samples_per_s)`.
+
+    `given` names the TrainConfig fields the user set: a resume refuses those that differ from the run's."""
     from .model import resolve_device
 
     if cfg.mask not in MODES[:2] or cfg.compressor not in ("voco", "avgpool"):
@@ -273,9 +275,9 @@ def train(cfg: TrainConfig, resume: bool = False,
         # a resumed run keeps its settings (data order, schedule, mask, K); only these may change
         keep = {k: v for k, v in saved["config"].items() if k in TrainConfig.__dataclass_fields__}
         keep["data"] = tuple(keep["data"])
-        cfg = replace(TrainConfig(**keep), steps=cfg.steps, epochs=cfg.epochs, save_every=cfg.save_every,
-                      threads=cfg.threads, device=cfg.device, keep_frames=cfg.keep_frames, init=None,
-                      checkpoint=str(out))
+        run_cfg = TrainConfig(**keep)
+        check_resume_settings(cfg, run_cfg, given)
+        cfg = replace(run_cfg, **{k: getattr(cfg, k) for k in RESUMABLE})
         st = TrainState(**{k: v for k, v in saved["state"].items()})
         st.losses = [tuple(x) for x in st.losses]
     else:
@@ -283,7 +285,8 @@ def train(cfg: TrainConfig, resume: bool = False,
             raise UserError(f"{out}: already holds a checkpoint; pass --resume to continue it or choose a new --out")
         st = TrainState()
     torch.manual_seed(cfg.seed)
-    model, compressor, proc = build_model(cfg, device)
+    start = replace(cfg, init=None, checkpoint=str(out)) if resume else cfg  # a resume starts from its last save
+    model, compressor, proc = build_model(start, device)
     items = load_data(cfg, model, notice)
     total = total_steps(cfg, items)
     params = [p for p in model.llava.parameters() if p.requires_grad]
@@ -331,6 +334,37 @@ def train(cfg: TrainConfig, resume: bool = False,
         if st.step % cfg.save_every == 0 or st.step == total:
             save_all(cfg, model, compressor, proc, opt, st, out)
     return st
+
+
+RESUMABLE = ("steps", "epochs", "save_every", "threads", "device", "keep_frames")  # may change on --resume
+FLAGS = {"checkpoint": "--from"}  # TrainConfig fields whose flag is not --field-name
+
+
+def check_resume_settings(cfg: TrainConfig, run_cfg: TrainConfig, given: frozenset[str]) -> None:
+    """Refuse a resume whose settings in `given` differ from the saved run's `run_cfg`."""
+    fixed = given - set(RESUMABLE) - {"out"}
+    if run_cfg.checkpoint is not None and Path(run_cfg.checkpoint) == Path(cfg.out):
+        fixed -= {"init", "checkpoint"}  # saved before runs kept their starting point: it is not known
+    def same(k):
+        a, b = getattr(cfg, k), getattr(run_cfg, k)
+        if k == "data":  # the same files, however the paths are spelled
+            return [Path(x).resolve() for x in a] == [Path(x).resolve() for x in b]
+        return a == b
+
+    changed = [k for k in TrainConfig.__dataclass_fields__ if k in fixed and not same(k)]
+    if changed:
+        def what(k):
+            flag = FLAGS.get(k, "--" + k.replace("_", "-"))
+            return f"{flag} is {_shown(getattr(run_cfg, k))} in the run, {_shown(getattr(cfg, k))} now"
+
+        raise UserError(f"{cfg.out}: --resume keeps the run's settings ({'; '.join(map(what, changed))}); "
+                        "only --steps/--epochs, --save-every, --threads and --device may change")
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "default"
+    return ",".join(value) if isinstance(value, tuple) else str(value)
 
 
 def save_all(cfg: TrainConfig, model, compressor, proc, opt, st: TrainState, out: Path) -> None:
