@@ -34,3 +34,24 @@ def test_unknown_preset_is_refused_before_any_work(tmp_path):
     with pytest.raises(UserError, match="--preset 'huge'"):
         table1(Table1Config(workdir=str(tmp_path / "w"), preset="huge"), "cmd", notice=lambda s: None)
     assert not (tmp_path / "w").exists()
+
+
+def test_other_training_data_is_refused_once_models_are_trained(tmp_path):
+    """Models trained on one set of clips are never reported as trained on another."""
+    import json
+    from dataclasses import asdict
+
+    import pytest
+
+    from vococli.errors import UserError
+    from vococli.experiment import make_data
+
+    first = Table1Config(workdir=str(tmp_path), train_frame=3)
+    folder = tmp_path / "data" / "train_frame"
+    folder.mkdir(parents=True)
+    (folder / "synth_config.json").write_text(json.dumps(asdict(data_sets(first)["train_frame"])))
+    state = tmp_path / "runs" / "base" / "trainer" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text("{}")
+    with pytest.raises(UserError, match="trained on other train_frame data \\(3 clips there, 4 now\\)"):
+        make_data(Table1Config(workdir=str(tmp_path), train_frame=4), notice=lambda s: None)

@@ -138,6 +138,8 @@ def experiment_table1(
     train_frame: int = typer.Option(8000, help="Single-frame training clips (5 questions each)."),
     train_temporal: int = typer.Option(12000, help="Temporal training clips."),
     train_needle: int = typer.Option(1500, help="Short needle training clips (16-64 s)."),
+    eval_frame: int = typer.Option(200, help="Held-out single-frame clips (5 questions each)."),
+    eval_temporal: int = typer.Option(400, help="Held-out temporal clips."),
     needle_clips: str = typer.Option("60:30,600:10,3600:4", help="Needle eval sets as seconds:clips."),
     parallel: int = typer.Option(2, help="Variants trained at once (one CPU thread each)."),
     preset: str = typer.Option("synth-small", help="Architecture of the base model (a `train --init` preset)."),
@@ -154,9 +156,12 @@ def experiment_table1(
         needles = tuple((int(a), int(b)) for a, b in (x.split(":") for x in needle_clips.split(",")))
     except ValueError:
         raise UserError(f"--needle-clips {needle_clips!r}: expected seconds:clips,seconds:clips") from None
+    if min(eval_frame, eval_temporal) < 1:
+        raise UserError("--eval-frame and --eval-temporal must be at least 1")
     cfg = Table1Config(workdir=str(workdir), base_steps=base_steps, stage_steps=stage_steps,
                        train_frame=train_frame, train_temporal=train_temporal, train_needle=train_needle,
-                       needle_eval=needles, parallel=parallel, preset=preset)
+                       eval_frame=eval_frame, eval_temporal=eval_temporal, needle_eval=needles,
+                       parallel=parallel, preset=preset)
     command = "vococli " + " ".join(sys.argv[1:])
     report = table1(cfg, command, notice=lambda s: err.print(s))
     out.print(report.read_text())

@@ -84,14 +84,23 @@ def data_sets(cfg: Table1Config) -> dict[str, SynthConfig]:
 
 def make_data(cfg: Table1Config, notice: Callable[[str], None]) -> Path:
     root = Path(cfg.workdir) / "data"
+    trained = any((Path(cfg.workdir) / "runs").glob(f"*/{TRAINER_DIR}/state.json"))
     for name, sc in data_sets(cfg).items():
         folder = root / name
         done = folder / "synth_config.json"
-        if done.exists() and json.loads(done.read_text()) == json.loads(json.dumps(asdict(sc))):
+        if done.exists() and json.loads(done.read_text()) == _as_json(sc):
             continue
+        if done.exists() and name.startswith("train") and trained:
+            raise UserError(f"{cfg.workdir}: its models were trained on other {name} data "
+                            f"({json.loads(done.read_text()).get('count')} clips there, {sc.count} now); "
+                            "use a new --workdir, or the settings of the first run")
         notice(f"writing {name} ({sc.count} clips)")
         synthesize(sc, folder)
     return root
+
+
+def _as_json(sc: SynthConfig) -> dict:
+    return json.loads(json.dumps(asdict(sc)))
 
 
 def _run_done(out: Path, steps: int) -> bool:
@@ -182,8 +191,9 @@ def evaluate(cfg: Table1Config, notice, only: set[str] | None = None) -> dict:
         comp = load_compressor(root / "runs" / run, m)
         for s in sets:
             key = f"{row}/{s}"
-            if results.get(key, {}).get("model_fingerprint") == m.fingerprint:
-                continue  # scored before, on these very weights
+            data = _as_json(data_sets(cfg)[s])
+            if (results.get(key, {}).get("model_fingerprint"), results.get(key, {}).get("data")) == (m.fingerprint, data):
+                continue  # scored before, on these very weights and questions
             seconds = int(s.split("_")[1]) if s.startswith("needle") else 0
             fits = max_frames_that_fit(m, 64)  # room for the prompt and the answer
             cap = fits if seconds and seconds >= fits else None
@@ -191,7 +201,7 @@ def evaluate(cfg: Table1Config, notice, only: set[str] | None = None) -> dict:
             sc = score_qa(m, root / "data" / s, mode=mode, compressor=comp, max_frames=cap,
                           videos_per_batch=1 if seconds > 100 else 16)
             results[key] = {**sc.to_dict(), "frames_cap": cap, "seconds": round(time.perf_counter() - t0, 1),
-                            "model_fingerprint": m.fingerprint}
+                            "model_fingerprint": m.fingerprint, "data": data}
             notice(f"{key}: {sc.accuracy:.3f} ({sc.total} questions)")
             tmp = cache_file.with_suffix(".tmp")
             tmp.write_text(json.dumps(results, indent=1) + "\n")
