@@ -157,3 +157,29 @@ def test_compression_fast_path_uses_each_layers_own_norm_and_biases(tiny_ckpt):
     assert bundled.language_model.layers[0].self_attn.k_proj.bias is not None
     for m in (tiny, bundled):
         check_fast_path_equals_prefill(m, seed=5)
+
+
+def test_compression_reads_nothing_back_from_the_device(model):
+    """Frames to VoCo keys/values never turn a tensor value into a Python value (on a GPU each
+    such read waits for all queued work and leaves the GPU idle while the host catches up)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from vococli.preprocess import to_pixels
+
+    reads = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
+             torch.ops.aten.nonzero.default, torch.ops.aten.item.default}
+
+    class Reads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in reads:
+                self.seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    frames = torch.randint(0, 255, (3, 40, 56, 3), dtype=torch.uint8)
+    with Reads() as mode:
+        keys, values = compress_pixels(model, to_pixels(frames, model.image, model.device, model.dtype))
+    assert keys.shape[1] == 3 and mode.seen == []

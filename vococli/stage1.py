@@ -13,6 +13,7 @@ from contextlib import contextmanager
 
 import torch
 from transformers import DynamicCache
+from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import rotate_half
 
 from .compiling import allow_recompiles
@@ -61,10 +62,6 @@ def prefill_frames(model: VocoModel, embeds: torch.Tensor, shift: torch.Tensor,
     return [layer.keys[:, :, keep] for layer in cache.layers], [layer.values[:, :, keep] for layer in cache.layers]
 
 
-class _LastLayerReached(Exception):
-    """Raised by a hook to end the forward before the last decoder layer runs."""
-
-
 def _supports_projection_capture(model: VocoModel) -> bool:
     """The fast path recomputes keys/values from each layer's input with its input norm and k/v
     projections (true for LLaMA layers) and relies on the in-frame mask being plain causal."""
@@ -81,8 +78,9 @@ def _rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return t * cos[:, None] + rotate_half(t) * sin[:, None]
 
 
-def _voco_rows(model: VocoModel, layer, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """The output of decoder `layer` at the K VoCo slots alone, given its full input (B, fl, H).
+def _voco_rows(model: VocoModel, layer, hidden: torch.Tensor, positions: torch.Tensor, rope) -> torch.Tensor:
+    """The output of decoder `layer` at the K VoCo slots alone, given its full input (B, fl, H)
+    and the rotary (cos, sin) of every position.
 
     The layer itself runs on the K VoCo tokens, with the keys/values of the tokens before them
     (its input norm, k/v projections and RoPE on those tokens) handed to it as a cache, and the
@@ -92,8 +90,8 @@ def _voco_rows(model: VocoModel, layer, hidden: torch.Tensor, positions: torch.T
     attn = layer.self_attn
     n, fl, _ = hidden.shape
     c0 = lay.c0
+    cos, sin = rope
     x = layer.input_layernorm(hidden[:, :c0])
-    cos, sin = model.language_model.rotary_emb(hidden, positions)
     keys = _rotate(attn.k_proj(x).view(n, c0, -1, attn.head_dim).transpose(1, 2), cos[:, :c0], sin[:, :c0])
     values = attn.v_proj(x).view(n, c0, -1, attn.head_dim).transpose(1, 2)
     cache = DynamicCache(config=model.text_config)
@@ -113,7 +111,8 @@ def compress_embeddings(model: VocoModel, embeds: torch.Tensor) -> tuple[torch.T
     RoPE on the keys; 2 of ~580 tokens per frame). Work whose result is discarded is skipped: the
     last layer runs only that (its attention and MLP feed nothing that is kept), the layer before
     it runs only for the K VoCo rows (its image tokens' outputs would feed only the last layer's
-    image tokens), and neither the final norm nor the LM head runs. A test checks this equals
+    image tokens), and neither the final norm nor the LM head runs. Nothing is read back from the
+    GPU, so the host queues the next work while the GPU computes. A test checks this equals
     `prefill_frames`.
     """
     if not _supports_projection_capture(model):
@@ -122,45 +121,31 @@ def compress_embeddings(model: VocoModel, embeds: torch.Tensor) -> tuple[torch.T
     lay = model.layout
     lm = model.language_model
     n, fl, _ = embeds.shape
-    dev = embeds.device
     keep = slice(lay.c0, fl)  # the K VoCo slots
-    positions = torch.arange(fl, device=dev)[None, :].expand(n, fl)
-    # Inside a frame the VoCo mask is plain causal at contiguous positions: passing no mask lets
-    # transformers use its causal path (flash/efficient SDPA kernels, no mask in memory).
+    positions = torch.arange(fl, device=embeds.device)[None, :].expand(n, fl)
+    # The layers run here, one after the other, as the decoder's forward would run them, with the
+    # mask transformers makes for a causal sequence: None for SDPA (its causal kernels, no mask in
+    # memory). The decoder's own forward is not used because it checks the position ids for
+    # packed sequences by reading a value back from the GPU.
+    mask = create_causal_mask(config=lm.config, inputs_embeds=embeds, attention_mask=None, cache=None)
+    rope = lm.rotary_emb(embeds, positions)
     layers = lm.layers[: model.text_config.num_hidden_layers]
+    full = max(0, len(layers) - 2)  # layers run in full; then one for the VoCo rows, then the last
     inputs: list[torch.Tensor] = []  # each layer's input at the K slots
-    partial = len(layers) > 1  # the layer before the last runs for the VoCo rows only
-    stop_at = layers[-2] if partial else layers[-1]  # the first layer not run in full
-    full_input: list[torch.Tensor] = []  # its whole input
-
-    # Hooks on the layers, not inside them: they run before a layer's (possibly compiled) forward,
-    # so nothing in the layer depends on them, and a layer compiled once serves all layers.
-    def record(module, args, kwargs):
-        inputs.append((args[0] if args else kwargs["hidden_states"])[:, keep].clone())
-
-    def stop(module, args, kwargs):
-        full_input.append(args[0] if args else kwargs["hidden_states"])
-        raise _LastLayerReached
-
-    hooks = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in layers[: len(layers) - 1 - partial]]
-    hooks.append(stop_at.register_forward_pre_hook(stop, with_kwargs=True))
-    try:
-        lm(inputs_embeds=embeds, position_ids=positions, attention_mask=None, use_cache=False)
-    except _LastLayerReached:
-        pass
-    finally:
-        for h in hooks:
-            h.remove()
-    inputs.append(full_input[0][:, keep])
-    if partial:
-        inputs.append(_voco_rows(model, stop_at, full_input[0], positions))
+    hidden = embeds
+    for layer in layers[:full]:
+        inputs.append(hidden[:, keep].clone())  # a copy: the full activations are freed
+        hidden = layer(hidden, attention_mask=mask, position_ids=positions, position_embeddings=rope)
+    inputs.append(hidden[:, keep])
+    if len(layers) > 1:
+        inputs.append(_voco_rows(model, layers[-2], hidden, positions, rope))
     # a layer's keys/values at the K slots: its input norm and k/v projections on those tokens
     # alone (both act token by token, so this is what the layer itself computed there)
     normed = [layer.input_layernorm(h) for layer, h in zip(layers, inputs)]
     raw_k = [layer.self_attn.k_proj(x) for layer, x in zip(layers, normed)]
     raw_v = [layer.self_attn.v_proj(x) for layer, x in zip(layers, normed)]
     head_dim = layers[-1].self_attn.head_dim
-    cos, sin = lm.rotary_emb(embeds, positions[:, keep])  # (B, K, D), in the embeddings' dtype
+    cos, sin = rope[0][:, keep], rope[1][:, keep]  # (B, K, D), in the embeddings' dtype
 
     def heads(t):  # (B, K, Hkv*D) -> (B, Hkv, K, D)
         return t.view(n, lay.k, -1, head_dim).transpose(1, 2)
@@ -190,8 +175,8 @@ def supports_compiled_layers(model: VocoModel) -> bool:
 @contextmanager
 def compiled_layers(model: VocoModel):
     """Within the block, every decoder layer but the last two (the ones stage 1 runs in full)
-    runs through torch.compile, which fuses its norms, rotary and activation passes. The fast
-    path's pre-hooks run outside the compiled forward, so one compiled graph serves every layer."""
+    runs through torch.compile, which fuses its norms, rotary and activation passes. The VoCo
+    slots are read outside the layers, so one compiled graph serves every layer."""
     layers = model.language_model.layers[: model.text_config.num_hidden_layers][:-2]
     allow_recompiles(COMPILED_BATCH_SIZES)  # one graph per batch size, shared by all layers
     before = [vars(layer).get("forward") for layer in layers]  # a forward set on the instance (hooks)
