@@ -222,6 +222,15 @@ def test_refuses_damaged_data_by_its_checksum(cache):
         load_cache(cache)
 
 
+def test_refuses_a_chunk_whose_metadata_is_damaged(cache):
+    from safetensors.torch import load_file, save_file
+
+    p = chunk_path(cache, 0)
+    save_file(load_file(str(p)), str(p), metadata={"vococli": '{"format": "vococli-cache", "chunk": 0'})
+    with pytest.raises(UserError, match="chunk-00000.*damaged cache chunk.*not valid JSON"):
+        read_info(cache)
+
+
 def test_reads_chunks_written_without_checksums(cache):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file

@@ -158,6 +158,9 @@ def test_a_changed_setting_is_named_with_both_values(tmp_path):
     with pytest.raises(UserError) as e:
         check_same_run(tmp_path / "run.json", now)
     assert "different sampling max_frames (None there, 8 now), generation max_new_tokens (32 there, 4 now)" in str(e.value)
+    gone = {**record, "sampling": {k: v for k, v in record["sampling"].items() if k != "end"}}
+    with pytest.raises(UserError, match="different sampling end"):  # a field missing on one side
+        check_same_run(tmp_path / "run.json", gone)
 
 
 def test_a_rerun_says_how_many_earlier_answers_were_errors(tiny_ckpt, tmp_path):

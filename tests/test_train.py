@@ -251,6 +251,20 @@ def test_resume_refuses_other_settings_given_on_the_command_line(synth_data, tmp
     assert json.loads((tmp_path / "run" / "trainer" / "state.json").read_text())["config"]["init"] == "tiny"
 
 
+def test_a_bare_resume_keeps_the_runs_length_and_settings(synth_data, tmp_path):
+    def run(*args):
+        return run_train(synth_data, tmp_path / "run", *args)
+
+    r = run("--init", "tiny", "--steps", 2, "--batch-size", 8, "--threads", 1, "--no-keep-frames", "--save-every", 1)
+    assert r.returncode == 0, r.stderr
+    r = run("--resume", "--threads", 1)
+    assert r.returncode == 0 and "2 steps" in r.stdout, r.stdout + r.stderr
+    config = json.loads((tmp_path / "run" / "trainer" / "state.json").read_text())["config"]
+    assert config["steps"] == 2 and config["keep_frames"] is False and config["save_every"] == 1
+    r = run("--resume", "-o", tmp_path / "run", "--from", tmp_path / "elsewhere")
+    assert r.returncode == 1 and "--from is not set in the run" in r.stderr, r.stderr
+
+
 def test_from_a_llava_checkpoint_without_voco_registers_it_by_name(tmp_path, synth_data):
     """A plain LLaVA checkpoint (no <voco> in its tokenizer) gets the token added and its embeddings grown."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration

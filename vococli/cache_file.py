@@ -83,8 +83,11 @@ def _read_meta(path: Path) -> dict:
         raise UserError(f"{path}: unreadable cache chunk, truncated or not a safetensors file ({e})") from None
     if raw is None:
         raise UserError(f"{path}: not a vococli cache chunk (no vococli metadata)")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT:
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: damaged cache chunk (its metadata is not valid JSON: {e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{path}: not a vococli cache chunk")
     if meta.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path}: cache format version {meta.get('format_version')}, this vococli reads "

@@ -122,7 +122,7 @@ def check_same_run(run_file: Path, record: dict) -> None:
         def what(k):  # "answer_weights (nf4 there, int4 now)", "sampling max_frames (None there, 8 now)"
             a, b = _comparable(old.get(k), k), _comparable(record.get(k), k)
             if isinstance(a, dict) and isinstance(b, dict):
-                fields = [f for f in {**a, **b} if a.get(f) != b.get(f)]
+                fields = [f for f in {**a, **b} if f not in a or f not in b or a[f] != b[f]]
                 return f"{k} " + ", ".join(_difference(f, a.get(f), b.get(f)) for f in fields)
             return _difference(k, a, b)
 
