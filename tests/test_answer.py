@@ -107,3 +107,17 @@ def test_four_bit_on_cpu_stays_close_to_full_precision(tiny_ckpt, tiny_model):
     quant = forward_tokens(q4, ids, video.past_key_values(q4), pos)
     assert torch.nn.functional.cosine_similarity(full, quant).item() > 0.9
     assert not torch.equal(full, quant)
+
+
+@pytest.mark.parametrize("bad", [{"max_new_tokens": 0}, {"max_new_tokens": -1}, {"temperature": -1.0},
+                                 {"temperature": float("nan")}, {"top_p": 0.0}, {"top_p": float("nan")},
+                                 {"top_p": 1.5}])
+def test_generation_settings_are_checked_where_they_are_made(bad):
+    """The library refuses what the command line refuses (the CLI builds the same object)."""
+    with pytest.raises(UserError, match="--(max-new-tokens|temperature|top-p) must"):
+        GenerationConfig(**bad)
+
+
+def test_a_question_must_be_text(tiny_model):
+    with pytest.raises(UserError, match="a question is text"):
+        Session(tiny_model, random_video(tiny_model, 2)).ask(None)

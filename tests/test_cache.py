@@ -1,6 +1,7 @@
 """The .voco cache: bit-exact round trip, resume without recomputation, refusals."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,6 +133,25 @@ def test_a_failed_chunk_write_stops_compress_and_keeps_the_chunks_before(tiny_mo
     res = compress_video(tiny_model, CLIP, out, SAMPLING, batch_size=4, chunk_frames=4, notice=lambda s: None)
     assert res.computed == 21 - 4 and load_cache(out).n_frames == 21
     assert not list(out.glob("*.tmp"))
+
+
+def test_a_full_disk_is_a_user_error_naming_the_chunk(tiny_model, tmp_path, monkeypatch):
+    """safetensors reports a failed write as its own exception type: it becomes one line naming
+    the chunk, and no partial file is left."""
+    import safetensors.torch
+
+    class SafetensorError(Exception):
+        pass
+
+    def no_space(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"partial")
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, message: \"No space left on device\" })")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", no_space)
+    out = tmp_path / "full.voco"
+    with pytest.raises(UserError, match="chunk-00000.safetensors: cannot be written .*No space left"):
+        compress_video(tiny_model, CLIP, out, SAMPLING, batch_size=4, chunk_frames=8, notice=lambda s: None)
+    assert not list(out.glob("chunk-*"))
 
 
 def test_no_chunk_is_written_after_a_failed_one(tmp_path, monkeypatch):

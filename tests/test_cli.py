@@ -115,7 +115,10 @@ def test_ctrl_c_says_the_work_is_kept(monkeypatch, capsys, tiny_ckpt):
     with pytest.raises(SystemExit) as e:
         cli.main()
     assert e.value.code == 130
-    assert "interrupted; finished work is kept" in capsys.readouterr().err
+    assert "interrupted; the finished cache chunks are kept: the same command resumes" in capsys.readouterr().err
+    from vococli.cli import _interrupted_message
+
+    assert "--resume" in _interrupted_message(["train"]) and _interrupted_message(["ask"]) == "interrupted"
 
 
 def test_a_failing_compiler_is_a_user_error(monkeypatch, capsys):

@@ -7,6 +7,7 @@ generation helper. Prefill and decode are separate functions.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -27,6 +28,14 @@ class GenerationConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+
+    def __post_init__(self):
+        if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
+            raise UserError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise UserError(f"--temperature must be a number >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:  # also refuses nan
+            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
 
 
 @dataclass
@@ -158,6 +167,8 @@ class Session:
     def ask(self, question: str, gen: GenerationConfig = GenerationConfig(),
             on_text: Callable[[str], None] | None = None) -> Answer:
         """Answer one question; `on_text` receives the answer text piece by piece as it is decoded."""
+        if not isinstance(question, str):
+            raise UserError(f"a question is text, got {type(question).__name__}")
         tok = self.model.tokenizer
         t0 = time.perf_counter()
         ids = self._prompt_ids(question)

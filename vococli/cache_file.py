@@ -255,7 +255,14 @@ class CacheWriter:
         path = chunk_path(self.root, self.next_chunk)
         tmp = path.with_suffix(".tmp")
         try:
-            save_file(tensors, str(tmp), metadata={"vococli": json.dumps(meta)})
+            try:
+                save_file(tensors, str(tmp), metadata={"vococli": json.dumps(meta)})
+            except Exception as e:  # safetensors reports a failed write (a full disk) as its own error
+                if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":
+                    reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
+                    raise UserError(f"{path}: cannot be written ({reason}); the chunks before it are kept: "
+                                    "make room and run the same command to resume") from None
+                raise
             try:
                 os.chmod(tmp, 0o666 & ~UMASK)  # safetensors creates 0600: let a shared cache be read
             except OSError:  # file systems without permissions
@@ -285,11 +292,22 @@ class ChunkQueue:
         self.writer = writer
         self._jobs: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._work, daemon=True)
         self._thread.start()
 
+    def _next_job(self):
+        """The next submitted chunk, or None once the queue is closed and empty. Closing is an
+        event, not an item put in the queue: a Ctrl-C in the caller cannot lose it."""
+        while True:
+            try:
+                return self._jobs.get(timeout=0.05)
+            except queue.Empty:
+                if self._closed.is_set():
+                    return None
+
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        while (job := self._next_job()) is not None:
             copied, args = job
             if self._error is None:
                 try:
@@ -321,7 +339,7 @@ class ChunkQueue:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._jobs.put(None)
+        self._closed.set()
         self._thread.join()
         if exc_type is None:
             self._raise()

@@ -91,10 +91,6 @@ def _stdout_stream():
 def _gen_config(max_new_tokens: int, temperature: float, top_p: float, seed: int):
     from .answer import GenerationConfig
 
-    if max_new_tokens < 1:
-        raise UserError("--max-new-tokens must be at least 1")
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise UserError("--temperature must be >= 0 and --top-p in (0, 1]")
     return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
 
 
@@ -276,7 +272,7 @@ app.command("tiny-model")(tiny_model)
 
 def main() -> None:
     """Entry point: map user errors to exit code 1 and one line, crashes to exit code 2."""
-    interrupted = "interrupted; finished work is kept (cache chunks, eval answers): the same command resumes it"
+    interrupted = _interrupted_message(sys.argv[1:2])
     try:
         rc = app(standalone_mode=False)
         if rc == 130:  # click turns Ctrl-C into this return code when not standalone
@@ -285,8 +281,9 @@ def main() -> None:
             sys.exit(rc)
     except typer.TyperException as e:  # bad flag, missing argument (click's usage errors)
         message = e.format_message() if hasattr(e, "format_message") else str(e)
-        err.print(f"error: {message} (see --help)", markup=False)
-        sys.exit(1)
+        if message.strip():  # no command at all: the help was printed
+            err.print(f"error: {message} (see --help)", markup=False)
+        sys.exit(1 if message.strip() else 0)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
@@ -312,6 +309,18 @@ def main() -> None:
             sys.exit(1)
         err.print(f"internal error: {type(e).__name__}: {e} (set VOCOCLI_DEBUG=1 for the traceback)", markup=False)
         sys.exit(2)
+
+
+def _interrupted_message(command: list[str]) -> str:
+    """What Ctrl-C leaves behind, for the command that was interrupted."""
+    name = command[0] if command else ""
+    if name == "compress":
+        return "interrupted; the finished cache chunks are kept: the same command resumes after them"
+    if name in ("eval", "experiment"):
+        return "interrupted; finished work is kept: the same command resumes it"
+    if name == "train":
+        return "interrupted; the last save is kept: add --resume to continue from it"
+    return "interrupted"
 
 
 def _compile_failure(e: BaseException) -> str | None:
