@@ -154,6 +154,17 @@ def test_a_full_disk_is_a_user_error_naming_the_chunk(tiny_model, tmp_path, monk
     assert not list(out.glob("chunk-*"))
 
 
+def test_two_writers_never_share_a_cache(tiny_model, tmp_path):
+    """While one compress writes a cache, another (here: in the same process) is refused, and the
+    folder is free again once the first is done."""
+    meta = {"model_fingerprint": "f", "k": 2, "c0": 3, "dtype": "float32", "video": {"size": 1},
+            "sampling": {}, "planned_frames": 4}
+    with CacheWriter(tmp_path / "c.voco", meta):
+        with pytest.raises(UserError, match="c.voco: another vococli process is writing this cache"):
+            compress_video(tiny_model, CLIP, tmp_path / "c.voco", SAMPLING, notice=lambda s: None)
+    assert compress_video(tiny_model, CLIP, tmp_path / "c.voco", SAMPLING, notice=lambda s: None).frames == 21
+
+
 def test_no_chunk_is_written_after_a_failed_one(tmp_path, monkeypatch):
     """Chunk 1's write fails while chunk 2 is already queued: chunk 2 must not be written (it would
     take chunk 1's place), and the error reaches the caller when the block ends."""

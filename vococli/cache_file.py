@@ -16,6 +16,7 @@ import os
 import queue
 import shutil
 import threading
+import weakref
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -191,18 +192,35 @@ def storage(meta: dict) -> str:
 
 
 class CacheWriter:
-    """Writes chunks of a cache; on open, finds where an earlier run of the same job stopped."""
+    """Writes chunks of a cache; on open, finds where an earlier run of the same job stopped.
+    While open (a `with` block) it holds a lock on the folder: a second writer is refused."""
 
     def __init__(self, root: Path, meta: dict, overwrite: bool = False):
         self.root = Path(root)
         self.meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
         self.next_chunk, self.targets_done, self.frames_done, self.lost = 0, 0, 0, 0
         self.finished = False
+        if self.root.is_dir():
+            _lock_folder(self, self.root)
         if self.root.exists() and overwrite:
             self._remove()
         if self.root.exists():
             self._resume()
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not self.root.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            _lock_folder(self, self.root)
+
+    def release(self) -> None:
+        """Let another process write this cache (a writer is released when collected, too)."""
+        unlock = getattr(self, "_unlock", None)
+        if unlock is not None:
+            unlock()
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     def _remove(self) -> None:
         if self.root.is_dir() and all(p.is_file() and p.name.startswith("chunk-") and p.suffix in (".safetensors", ".tmp")
@@ -274,6 +292,23 @@ class CacheWriter:
         self.next_chunk += 1
         self.frames_done += int(keys.shape[1])
         self.targets_done, self.lost, self.finished = int(targets_done), int(lost), bool(final)
+
+
+def _lock_folder(owner, folder: Path) -> None:
+    """Hold an exclusive lock on `folder` while `owner` lives, so that two processes never write
+    one cache (where the platform has flock; it is released when the process ends)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise UserError(f"{folder}: another vococli process is writing this cache; wait for it to finish "
+                        "or choose another -o") from None
+    owner._unlock = weakref.finalize(owner, os.close, fd)  # runs once: at release() or when owner is collected
 
 
 class ChunkQueue:

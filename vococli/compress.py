@@ -94,59 +94,59 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
         "sampling": sampling.to_dict(), "planned_frames": int(len(plan)), "backend": reader.backend,
         "video_duration_s": round(reader.duration, 6),
     }
-    writer = CacheWriter(out, meta, overwrite=overwrite)
-    total = len(plan)
-    if writer.finished:
-        notice(f"{out}: already complete ({writer.frames_done} frames); nothing to do")
-        return CompressResult(out, writer.frames_done, total, writer.lost, 0, time.perf_counter() - t_start,
-                              reader.backend)
-    if writer.targets_done:
-        notice(f"{out}: resuming after frame {writer.targets_done} of {total}")
-    start = writer.targets_done
-    lost_before, frames_before = writer.lost, writer.frames_done
-    keys, values, stamps = [], [], []
-    buffered, computed, seen = 0, 0, start
-    if progress:
-        progress(start, total)
-    pin = model.device.type == "cuda"
-    backoff = Backoff(batch_size, notice)
+    with CacheWriter(out, meta, overwrite=overwrite) as writer:  # locks the folder until the end
+        total = len(plan)
+        if writer.finished:
+            notice(f"{out}: already complete ({writer.frames_done} frames); nothing to do")
+            return CompressResult(out, writer.frames_done, total, writer.lost, 0, time.perf_counter() - t_start,
+                                  reader.backend)
+        if writer.targets_done:
+            notice(f"{out}: resuming after frame {writer.targets_done} of {total}")
+        start = writer.targets_done
+        lost_before, frames_before = writer.lost, writer.frames_done
+        keys, values, stamps = [], [], []
+        buffered, computed, seen = 0, 0, start
+        if progress:
+            progress(start, total)
+        pin = model.device.type == "cuda"
+        backoff = Backoff(batch_size, notice)
 
-    def stage1(frames: torch.Tensor):
-        return compress_pixels(model, to_pixels(frames, model.image, model.device, model.dtype))
+        def stage1(frames: torch.Tensor):
+            return compress_pixels(model, to_pixels(frames, model.image, model.device, model.dtype))
 
-    # frames are read in batches no larger than a chunk, so a chunk is written as soon as it is
-    # full; the decoded arrays are dropped once copied (to pinned memory on CUDA). A full chunk is
-    # copied to the host asynchronously and written by the chunk queue's thread: the loop never
-    # waits for a copy or a write.
-    batches = Prefetcher(reader.read(plan[start:], min(batch_size, chunk_frames)),
-                         lambda b: (replace(b, frames=None), frames_tensor(b.frames, pin)))
-    with batches, ChunkQueue(writer) as chunk_queue, (compiled_layers(model) if compile else nullcontext()):
-        for batch, frames in batches:
-            for k, v in backoff(stage1, frames):  # (L, B, Hkv, K, D) each
-                keys.append(k)
-                values.append(v)
-                buffered += k.shape[1]
-                computed += k.shape[1]
-            stamps += batch.timestamps
-            seen = start + batch.indices[-1] + 1
-            if buffered >= chunk_frames:
-                chunk_queue.submit(torch.cat(keys, 1), torch.cat(values, 1), stamps, seen,
-                              lost_before + (seen - start) - computed, final=False)
-                keys, values, stamps, buffered = [], [], [], 0
-            if progress:
-                progress(seen, total)
-        lost = lost_before + (total - start) - computed
-        if frames_before + computed == 0:
-            raise UserError(f"{video}: no frame could be decoded")
-        k_all = torch.cat(keys, 1) if keys else _empty_chunk(model)
-        v_all = torch.cat(values, 1) if values else _empty_chunk(model)
-        chunk_queue.submit(k_all, v_all, stamps, total, lost, final=True)
-    if progress:
-        progress(total, total)
-    if lost:
-        notice(f"note: {lost} of {total} planned frames could not be decoded (damaged video) and were skipped")
-    return CompressResult(out, writer.frames_done, total, lost, computed, time.perf_counter() - t_start,
-                          reader.backend, batches.waited)
+        # frames are read in batches no larger than a chunk, so a chunk is written as soon as it is
+        # full; the decoded arrays are dropped once copied (to pinned memory on CUDA). A full chunk is
+        # copied to the host asynchronously and written by the chunk queue's thread: the loop never
+        # waits for a copy or a write.
+        batches = Prefetcher(reader.read(plan[start:], min(batch_size, chunk_frames)),
+                             lambda b: (replace(b, frames=None), frames_tensor(b.frames, pin)))
+        with batches, ChunkQueue(writer) as chunk_queue, (compiled_layers(model) if compile else nullcontext()):
+            for batch, frames in batches:
+                for k, v in backoff(stage1, frames):  # (L, B, Hkv, K, D) each
+                    keys.append(k)
+                    values.append(v)
+                    buffered += k.shape[1]
+                    computed += k.shape[1]
+                stamps += batch.timestamps
+                seen = start + batch.indices[-1] + 1
+                if buffered >= chunk_frames:
+                    chunk_queue.submit(torch.cat(keys, 1), torch.cat(values, 1), stamps, seen,
+                                  lost_before + (seen - start) - computed, final=False)
+                    keys, values, stamps, buffered = [], [], [], 0
+                if progress:
+                    progress(seen, total)
+            lost = lost_before + (total - start) - computed
+            if frames_before + computed == 0:
+                raise UserError(f"{video}: no frame could be decoded")
+            k_all = torch.cat(keys, 1) if keys else _empty_chunk(model)
+            v_all = torch.cat(values, 1) if values else _empty_chunk(model)
+            chunk_queue.submit(k_all, v_all, stamps, total, lost, final=True)
+        if progress:
+            progress(total, total)
+        if lost:
+            notice(f"note: {lost} of {total} planned frames could not be decoded (damaged video) and were skipped")
+        return CompressResult(out, writer.frames_done, total, lost, computed, time.perf_counter() - t_start,
+                              reader.backend, batches.waited)
 
 
 def _empty_chunk(model: VocoModel) -> torch.Tensor:
