@@ -113,3 +113,26 @@ def test_types_filter_keeps_ids_and_half_the_prompts_carry_the_short_answer_suff
         annotations(SynthConfig(count=2, types=("colour",)))
     with pytest.raises(UserError, match="no temporal clip asks a question of type shape"):
         synthesize(SynthConfig(count=3, kind="temporal", types=("shape",)), tmp_path / "none")
+
+
+def test_an_interrupted_clip_leaves_no_file(tmp_path, monkeypatch):
+    """A clip is written under a temporary name and renamed once complete: an interruption in the
+    middle of a clip leaves neither a partial file nor a clip that looks whole."""
+    import vococli.synth as synth
+
+    real = synth.draw
+    calls = []
+
+    def interrupted(scene, t, size):
+        calls.append(t)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(scene, t, size)
+
+    monkeypatch.setattr(synth, "draw", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        synthesize(SynthConfig(seed=8, count=1, kind="temporal"), tmp_path)
+    assert list((tmp_path / "videos").iterdir()) == []
+    monkeypatch.setattr(synth, "draw", real)
+    synthesize(SynthConfig(seed=8, count=1, kind="temporal"), tmp_path)
+    assert [p.suffix for p in (tmp_path / "videos").iterdir()] == [".mp4"]

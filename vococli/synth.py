@@ -13,6 +13,7 @@ Annotations depend only on the seed: the same seed writes the same JSON bytes.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -54,7 +55,18 @@ def make_scene(cfg: SynthConfig, index: int) -> Scene:
 
 
 def write_clip(scene: Scene, path: Path, size: int) -> None:
-    """Encode the scene at 1 frame per second."""
+    """Encode the scene at 1 frame per second, under a temporary name renamed once complete (an
+    interrupted run never leaves a clip that looks whole)."""
+    partial = path.with_name(f"{path.stem}.partial{path.suffix}")
+    try:
+        _encode(scene, partial, size)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+def _encode(scene: Scene, path: Path, size: int) -> None:
     import av
 
     with av.open(str(path), "w") as container:
