@@ -206,7 +206,8 @@ class CacheWriter:
             self._remove()
         if self.root.exists():
             self._resume()
-        if not self.root.exists():
+        if not self.root.exists():  # new, or removed by --overwrite (whose lock went with it)
+            self.release()
             self.root.mkdir(parents=True, exist_ok=True)
             _lock_folder(self, self.root)
 

@@ -184,6 +184,7 @@ def evaluate(cfg: Table1Config, notice, only: set[str] | None = None) -> dict:
     rows["lower"] = ("upper", "voco")
     rows["avgpool_k1"] = ("avgpool_k1", "avgpool")
     sets = ["eval_frame", "eval_temporal"] + [f"needle_{s}" for s, _ in cfg.needle_eval]
+    specs = {name: _as_json(sc) for name, sc in data_sets(cfg).items()}  # what each set holds
     for row, (run, mode) in rows.items():
         if only is not None and row not in only:
             continue
@@ -191,7 +192,7 @@ def evaluate(cfg: Table1Config, notice, only: set[str] | None = None) -> dict:
         comp = load_compressor(root / "runs" / run, m)
         for s in sets:
             key = f"{row}/{s}"
-            data = _as_json(data_sets(cfg)[s])
+            data = specs[s]
             if (results.get(key, {}).get("model_fingerprint"), results.get(key, {}).get("data")) == (m.fingerprint, data):
                 continue  # scored before, on these very weights and questions
             seconds = int(s.split("_")[1]) if s.startswith("needle") else 0

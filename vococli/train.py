@@ -32,6 +32,7 @@ from .errors import UserError
 from .layout import MODES
 from .model import ImageSpec, VocoModel, read_layout
 from .train_data import FrameStore, MediaItem, epoch_batches, make_batch, read_training_file
+from .train_resume import check_resume_settings, resumed_from_command
 from .video import Sampling
 from .voco_forward import AvgPoolCompressor, answer_loss, encode_frames
 
@@ -248,9 +249,9 @@ def train(cfg: TrainConfig, resume: bool = False,
     """Run (or resume) training; returns the final state. `on_step(state, total, loss, samples_per_s)`.
 
     `given` names the TrainConfig fields the user set (the command line passes them): a resume
-    refuses those that differ from the run's and takes only the given ones of RESUMABLE from `cfg`,
-    keeping the run's own for the rest. None (library callers): `cfg`'s RESUMABLE fields are used,
-    the others are the run's."""
+    refuses those that differ from the run's and takes from `cfg` only the given ones of the
+    settings a resume may change (train_resume.RESUMABLE), keeping the run's own for the rest.
+    None (library callers): `cfg`'s resumable settings are used, the others are the run's."""
     from .model import resolve_device
 
     if cfg.mask not in MODES[:2] or cfg.compressor not in ("voco", "avgpool"):
@@ -338,54 +339,6 @@ def train(cfg: TrainConfig, resume: bool = False,
         if st.step % cfg.save_every == 0 or st.step == total:
             save_all(cfg, model, compressor, proc, opt, st, out)
     return st
-
-
-RESUMABLE = ("steps", "epochs", "save_every", "threads", "device", "keep_frames")  # may change on --resume
-FLAGS = {"checkpoint": "--from"}  # TrainConfig fields whose flag is not --field-name
-PATH_FIELDS = ("checkpoint", "media")
-
-
-def resumed_from_command(given: frozenset[str] | None) -> tuple[str, ...]:
-    """The RESUMABLE fields a resume takes from the new command; the run keeps its own for the
-    others. The length is one setting: --steps or --epochs given replaces both."""
-    if given is None:
-        return RESUMABLE
-    fields = [k for k in RESUMABLE if k in given]
-    if {"steps", "epochs"} & given:
-        fields += [k for k in ("steps", "epochs") if k not in fields]
-    return tuple(fields)
-
-
-def _same_path(a, b) -> bool:
-    return (a is None) == (b is None) and (a is None or Path(a).resolve() == Path(b).resolve())
-
-
-def check_resume_settings(cfg: TrainConfig, run_cfg: TrainConfig, given: frozenset[str]) -> None:
-    """Refuse a resume whose settings in `given` differ from the saved run's `run_cfg`."""
-    fixed = given - set(RESUMABLE) - {"out"}
-    if _same_path(run_cfg.checkpoint, cfg.out):
-        fixed -= {"init", "checkpoint"}  # saved before runs kept their starting point: it is not known
-
-    def same(k):
-        a, b = getattr(cfg, k), getattr(run_cfg, k)
-        if k == "data":  # the same files, however the paths are spelled
-            return len(a) == len(b) and all(map(_same_path, a, b))
-        return _same_path(a, b) if k in PATH_FIELDS else a == b
-
-    changed = [k for k in TrainConfig.__dataclass_fields__ if k in fixed and not same(k)]
-    if changed:
-        def what(k):
-            flag = FLAGS.get(k, "--" + k.replace("_", "-"))
-            return f"{flag} is {_shown(getattr(run_cfg, k))} in the run, {_shown(getattr(cfg, k))} now"
-
-        raise UserError(f"{cfg.out}: --resume keeps the run's settings ({'; '.join(map(what, changed))}); "
-                        "only --steps/--epochs, --save-every, --threads, --device and --keep-frames may change")
-
-
-def _shown(value) -> str:
-    if value is None:
-        return "not set"
-    return ",".join(value) if isinstance(value, tuple) else str(value)
 
 
 def save_all(cfg: TrainConfig, model, compressor, proc, opt, st: TrainState, out: Path) -> None:
