@@ -15,14 +15,14 @@ REALDATA = Path(os.environ.get("VOCOCLI_REALDATA", ROOT.parent / "shared" / "rea
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
     """A tiny random checkpoint folder, made once per test run."""
-    from vococli.tiny import make_tiny_checkpoint
+    from vococli.families.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_ckpt):
-    from vococli.model import load_model
+    from vococli.families.base import load_model
 
     return load_model(tiny_ckpt, device="cpu", dtype="float32")
 

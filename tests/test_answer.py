@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from vococli.answer import GenerationConfig, Session, forward_tokens
+from vococli.answer.session import GenerationConfig, Session, forward_tokens
 from vococli.errors import UserError
 from vococli.layout import text_start
-from vococli.model import ImageSpec
-from vococli.preprocess import to_pixels
-from vococli.video_cache import VideoCache, fit_to_context
+from vococli.families.base import ImageSpec
+from vococli.compress.pixels import to_pixels
+from vococli.cache.kv import VideoCache, fit_to_context
 
 
 def random_video(model, n_frames, seed=0):
@@ -76,7 +76,7 @@ def test_preprocessing_matches_llava_reference():
     """Pad-to-square with the mean colour, resize, normalise: as LLaVA's own image processor does."""
     from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
-    from vococli.tiny import image_processor_config
+    from vococli.families.tiny import image_processor_config
 
     cfg = image_processor_config(48)
     cfg.pop("image_processor_type")
@@ -95,7 +95,7 @@ def test_preprocessing_matches_llava_reference():
 
 def test_four_bit_on_cpu_stays_close_to_full_precision(tiny_ckpt, tiny_model):
     pytest.importorskip("bitsandbytes")
-    from vococli.model import load_model
+    from vococli.families.base import load_model
 
     q4 = load_model(tiny_ckpt, device="cpu", dtype="float32", vision=False, weights="nf4")
     assert type(q4.lm.model.layers[0].mlp.down_proj).__name__ == "Linear4bit"

@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
-from vococli.bench import BenchConfig, run_bench
-from vococli.bench_answer import kv_bytes
+from vococli.bench.run import BenchConfig, run_bench
+from vococli.bench.answer import kv_bytes
 from test_cli import run
 from test_equivalence import with_layers
 from vococli.errors import UserError
-from vococli.frame_feed import Backoff, Prefetcher, auto_batch_size
+from vococli.video.feed import Backoff, Prefetcher, auto_batch_size
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,8 @@ def test_one_compiled_graph_serves_every_stage1_layer():
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    from vococli.arch import random_model
-    from vococli.stage1 import compiled_layers, compress_embeddings, frame_embeddings, image_features
+    from vococli.families.presets import random_model
+    from vococli.compress.stage1 import compiled_layers, compress_embeddings, frame_embeddings, image_features
 
     m = with_layers(random_model("tiny", "cpu", torch.float32, 2), 12)
     torch._dynamo.reset()
@@ -82,8 +82,8 @@ def test_one_compiled_graph_serves_every_stage1_layer():
 def test_compiled_layers_are_undone():
     """Only the layers stage 1 runs in full (all but the last two) are compiled, and only inside
     the block."""
-    from vococli.arch import random_model
-    from vococli.stage1 import compiled_layers
+    from vococli.families.presets import random_model
+    from vococli.compress.stage1 import compiled_layers
 
     m = with_layers(random_model("tiny", "cpu", torch.float32, 2), 4)
     layers = m.language_model.layers
@@ -94,9 +94,9 @@ def test_compiled_layers_are_undone():
 
 def test_module_bytes_counts_what_4bit_weights_hold(tiny_model):
     """int4 (a torchao tensor subclass) holds packed nibbles plus a scale and a zero per group."""
-    from vococli.arch import answering_model
-    from vococli.bench_timing import module_bytes
-    from vococli.quantize import int4_group_size
+    from vococli.families.presets import answering_model
+    from vococli.bench.timing import module_bytes
+    from vococli.families.quantize import int4_group_size
 
     layers = tiny_model.language_model.layers
     full = module_bytes(layers)
@@ -109,7 +109,7 @@ def test_module_bytes_counts_what_4bit_weights_hold(tiny_model):
 
 
 def test_a_preset_too_large_for_free_memory_is_refused_before_it_is_built(monkeypatch):
-    import vococli.arch as arch
+    import vococli.families.presets as arch
 
     need = arch.weights_bytes(arch._preset("tiny")[1], torch.float32)
     monkeypatch.setattr(arch, "free_bytes", lambda device: need - 1)

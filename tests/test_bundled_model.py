@@ -24,18 +24,18 @@ MARGIN = {"frame": 0.08, "temporal": 0.12}  # ~3 standard errors of the smaller 
 @pytest.fixture(scope="module")
 def bundled():
     from vococli.defaults import default_model_path
-    from vococli.model import load_model
+    from vococli.families.base import load_model
 
     os.environ.pop("VOCOCLI_MODEL", None)
     return load_model(default_model_path(), device="cpu", dtype="float32")
 
 
 def accuracy(model, folder, tmp_path):
-    from vococli.answer import GenerationConfig, Session
-    from vococli.cache_file import load_cache
-    from vococli.compress import compress_video
-    from vococli.qa_score import normalise, read_qa
-    from vococli.video import Sampling
+    from vococli.answer.session import GenerationConfig, Session
+    from vococli.cache.chunks import load_cache
+    from vococli.compress.pipeline import compress_video
+    from vococli.train.qa_score import normalise, read_qa
+    from vococli.video.reader import Sampling
 
     right, total, sessions = 0, 0, {}
     for e in read_qa(folder):
@@ -53,7 +53,7 @@ def accuracy(model, folder, tmp_path):
 
 @pytest.mark.parametrize("kind,count", [("frame", 30), ("temporal", 80)])
 def test_bundled_model_meets_its_model_card(bundled, tmp_path, kind, count):
-    from vococli.synth import SynthConfig, synthesize
+    from vococli.synth.clips import SynthConfig, synthesize
 
     data = tmp_path / kind
     synthesize(SynthConfig(seed=CARD["test_seed"], count=count, kind=kind), data)

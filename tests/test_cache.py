@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-import vococli.compress as compress_mod
+import vococli.compress.pipeline as compress_mod
 from conftest import ROOT
-from vococli.cache_file import CacheWriter, ChunkQueue, chunk_path, load_cache, read_info
-from vococli.compress import compress_video
+from vococli.cache.chunks import CacheWriter, ChunkQueue, chunk_path, load_cache, read_info
+from vococli.compress.pipeline import compress_video
 from vococli.errors import UserError
-from vococli.preprocess import to_pixels
-from vococli.stage1 import compress_pixels
-from vococli.video import Sampling, VideoReader, plan_frames
+from vococli.compress.pixels import to_pixels
+from vococli.compress.stage1 import compress_pixels
+from vococli.video.reader import Sampling, VideoReader, plan_frames
 
 CLIP = ROOT / "video" / "pancake.mkv"
 SAMPLING = Sampling(fps=2)  # 21 frames
@@ -327,7 +327,7 @@ def test_never_writes_into_or_removes_a_foreign_folder(tiny_model, tmp_path):
 
 
 def test_rejects_zero_voco_tokens(tiny_ckpt):
-    from vococli.model import load_model
+    from vococli.families.base import load_model
 
     with pytest.raises(UserError, match="at least 1"):
         load_model(tiny_ckpt, device="cpu", voco_tokens=0)
@@ -336,7 +336,7 @@ def test_rejects_zero_voco_tokens(tiny_ckpt):
 def test_chunk_queue_gpu_branch_waits_for_the_copy_on_the_keys_gpu(tmp_path, monkeypatch):
     """The CUDA branch of submit, with the CUDA calls stubbed (no GPU here): the event is recorded
     on the stream of the GPU the keys live on, and the writer waits for it before writing."""
-    import vococli.cache_file as cache_file
+    import vococli.cache.chunks as cache_file
 
     log = []
 

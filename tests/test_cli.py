@@ -14,7 +14,7 @@ CLIP = ROOT / "video" / "pancake.mkv"
 
 def run(*args, **kw):
     env = dict(os.environ, VOCOCLI_MODEL="")
-    return subprocess.run([sys.executable, "-m", "vococli.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "vococli", *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=300, **kw)
 
 
@@ -104,19 +104,19 @@ def test_damaged_video_gives_one_note_not_ffmpeg_noise(tiny_ckpt, tmp_path):
 
 def test_ctrl_c_says_the_work_is_kept(monkeypatch, capsys, tiny_ckpt):
     """Ctrl-C inside a command: exit code 130 and one line saying how to resume."""
-    import vococli.cli as cli
-    import vococli.compress
+    import vococli.cli.app as cli
+    import vococli.compress.pipeline
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(vococli.compress, "compress_video", interrupted)
+    monkeypatch.setattr(vococli.compress.pipeline, "compress_video", interrupted)
     monkeypatch.setattr(sys, "argv", ["vococli", "compress", str(CLIP), "--model", str(tiny_ckpt)])
     with pytest.raises(SystemExit) as e:
         cli.main()
     assert e.value.code == 130
     assert "interrupted; the finished cache chunks are kept: the same command resumes" in capsys.readouterr().err
-    from vococli.cli import _interrupted_message
+    from vococli.cli.app import _interrupted_message
 
     assert "--resume" in _interrupted_message(["train"]) and _interrupted_message(["ask"]) == "interrupted"
 
@@ -126,7 +126,7 @@ def test_a_failing_compiler_is_a_user_error(monkeypatch, capsys):
     one line, exit 1, and the way around it. Other failures inside inductor stay internal errors."""
     from torch._inductor.exc import InductorError, InvalidCxxCompiler
 
-    import vococli.cli as cli
+    import vococli.cli.app as cli
 
     raised = []
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from vococli.answer import forward_tokens
+from vococli.answer.session import forward_tokens
 from vococli.layout import voco_mask, voco_positions
-from vococli.model import load_model
-from vococli.rope import rotate_keys
-from vococli.stage1 import compress_pixels, frame_embeddings, image_features
-from vococli.video_cache import VideoCache
+from vococli.families.base import load_model
+from vococli.families.rope import rotate_keys
+from vococli.compress.stage1 import compress_pixels, frame_embeddings, image_features
+from vococli.cache.kv import VideoCache
 
 TEXT = "\nYou answer questions about a video. USER: what is the man holding? ASSISTANT: a red ball"
 
@@ -132,7 +132,7 @@ def test_compression_fast_path_at_any_depth(model, n_layers):
 
 
 def check_fast_path_equals_prefill(model, seed: int) -> None:
-    from vococli.stage1 import compress_embeddings, prefill_frames
+    from vococli.compress.stage1 import compress_embeddings, prefill_frames
 
     embeds = frame_embeddings(model, image_features(model, pixels_for(model, 3, seed=seed)))
     keys, values = compress_embeddings(model, embeds)
@@ -164,7 +164,7 @@ def test_compression_reads_nothing_back_from_the_device(model):
     such read waits for all queued work and leaves the GPU idle while the host catches up)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from vococli.preprocess import to_pixels
+    from vococli.compress.pixels import to_pixels
 
     reads = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
              torch.ops.aten.nonzero.default, torch.ops.aten.item.default}

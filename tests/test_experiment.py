@@ -1,6 +1,6 @@
 """The Table 1 experiment: held-out data never shares a seed with training; retention is computed right."""
 
-from vococli.experiment import Table1Config, data_sets, write_report
+from vococli.train.experiment import Table1Config, data_sets, write_report
 
 
 def test_held_out_sets_use_other_seeds_than_training():
@@ -29,7 +29,7 @@ def test_unknown_preset_is_refused_before_any_work(tmp_path):
     import pytest
 
     from vococli.errors import UserError
-    from vococli.experiment import table1
+    from vococli.train.experiment import table1
 
     with pytest.raises(UserError, match="--preset 'huge'"):
         table1(Table1Config(workdir=str(tmp_path / "w"), preset="huge"), "cmd", notice=lambda s: None)
@@ -44,7 +44,7 @@ def test_other_training_data_is_refused_once_models_are_trained(tmp_path):
     import pytest
 
     from vococli.errors import UserError
-    from vococli.experiment import make_data
+    from vococli.train.experiment import make_data
 
     first = Table1Config(workdir=str(tmp_path), train_frame=3)
     folder = tmp_path / "data" / "train_frame"

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from test_answer import random_video
-from vococli.answer import GenerationConfig, Session
+from vococli.answer.session import GenerationConfig, Session
 from vococli.errors import UserError
-from vococli.fast_decode import StaticSession, compile_width, open_session, static_mask
+from vococli.answer.static import StaticSession, compile_width, open_session, static_mask
 
 
 def test_static_mask_opens_filled_slots_and_earlier_new_tokens():
@@ -111,7 +111,7 @@ def check_within_rounding(ckpt, tiny_model, device: str, weights: str = "full", 
     greedy token at every step where the plain top two logits are more than 4r apart (closer ties
     may flip under any change of summation order, fused kernels included).
     """
-    from vococli.model import load_model
+    from vococli.families.base import load_model
 
     f32 = load_model(ckpt, device=device, dtype="float32", vision=False)
     bf16 = load_model(ckpt, device=device, dtype="bfloat16", vision=False)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from test_equivalence import one_forward_logits, pixels_for, text_ids, two_stage_logits
-from vococli.answer import GenerationConfig, Session
-from vococli.model import load_model
+from vococli.answer.session import GenerationConfig, Session
+from vococli.families.base import load_model
 
 pytestmark = pytest.mark.gpu
 
@@ -22,7 +22,7 @@ def test_two_stage_equivalence_bf16(tiny_ckpt, attn):
 @pytest.mark.parametrize("weights", ["nf4", "int4"])
 def test_four_bit_answers(tiny_ckpt, tiny_model, weights):
     from test_answer import random_video
-    from vococli.quantize import weights_of
+    from vococli.families.quantize import weights_of
 
     fp = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False)
     q4 = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False, weights=weights)
@@ -47,7 +47,7 @@ def test_int4_on_gpu_holds_the_reference_weights(tiny_ckpt):
 def test_graph_decode_gives_the_plain_tokens(tiny_ckpt, tiny_model, weights):
     """The pre-allocated cache with a CUDA-graph decode step answers exactly like the plain path."""
     from test_answer import random_video
-    from vococli.fast_decode import StaticSession
+    from vococli.answer.static import StaticSession
 
     m = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False, weights=weights)
     video = random_video(tiny_model, 6, seed=2)
@@ -76,7 +76,7 @@ def test_compiled_decode_gives_the_plain_tokens_within_rounding(tiny_ckpt, tiny_
 
 def test_compression_fast_path_bf16(tiny_ckpt):
     from test_equivalence import pixels_for
-    from vococli.stage1 import compress_embeddings, frame_embeddings, image_features, prefill_frames
+    from vococli.compress.stage1 import compress_embeddings, frame_embeddings, image_features, prefill_frames
 
     m = load_model(tiny_ckpt, device="cuda", dtype="bfloat16")
     with torch.inference_mode():
@@ -89,9 +89,9 @@ def test_compression_fast_path_bf16(tiny_ckpt):
 
 def test_compress_on_gpu_matches_cpu(tiny_ckpt, tmp_path):
     """The GPU pipeline (pinned batches, automatic batch size) stores what the CPU pipeline stores."""
-    from vococli.cache_file import load_cache
-    from vococli.compress import compress_video
-    from vococli.synth import SynthConfig, synthesize
+    from vococli.cache.chunks import load_cache
+    from vococli.compress.pipeline import compress_video
+    from vococli.synth.clips import SynthConfig, synthesize
 
     synthesize(SynthConfig(seed=5, count=1, kind="temporal"), tmp_path / "s")
     video = next((tmp_path / "s").rglob("*.mp4"))
@@ -105,7 +105,7 @@ def test_compress_on_gpu_matches_cpu(tiny_ckpt, tmp_path):
 
 
 def test_bench_runs_on_gpu():
-    from vococli.bench import BenchConfig, run_bench
+    from vococli.bench.run import BenchConfig, run_bench
 
     cfg = BenchConfig(preset="tiny", device=torch.device("cuda"), dtype=torch.bfloat16, video_frames=8,
                       minutes=(0.5,), answer_tokens=8, repeats=1)
@@ -120,8 +120,8 @@ def test_stage1_never_waits_for_the_gpu(tiny_ckpt):
     """Pixels to VoCo keys/values queue GPU work without one host-device synchronisation (each
     would leave the GPU idle while the host launches the next kernels): resizing, the vision
     tower, stage 1 with its partial layer."""
-    from vococli.preprocess import to_pixels
-    from vococli.stage1 import compress_pixels
+    from vococli.compress.pixels import to_pixels
+    from vococli.compress.stage1 import compress_pixels
 
     m = load_model(tiny_ckpt, device="cuda", dtype="bfloat16")
     frames = torch.randint(0, 255, (4, 48, 64, 3), dtype=torch.uint8).pin_memory()

@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from vococli.errors import UserError
-from vococli.eval_score import JUDGEMENTS_FILE, score_run
-from vococli.judge import JudgeConfig, JudgementCache, LLMJudge, contains_match, exact_match, parse_verdict
+from vococli.eval.score import JUDGEMENTS_FILE, score_run
+from vococli.eval.judge import JudgeConfig, JudgementCache, LLMJudge, contains_match, exact_match, parse_verdict
 
 
 def test_exact_and_contains():

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from test_cache import CLIP, SAMPLING
-from vococli.answer import Session
-from vococli.cache_file import load_cache, read_info
-from vococli.compress import compress_video
+from vococli.answer.session import Session
+from vococli.cache.chunks import load_cache, read_info
+from vococli.compress.pipeline import compress_video
 from vococli.errors import UserError
-from vococli.kv_quant import dequantize_int8, quantize_int8
+from vococli.cache.int8 import dequantize_int8, quantize_int8
 
 
 def test_int8_error_is_at_most_half_a_step_per_vector():
@@ -66,8 +66,8 @@ def test_storage_is_part_of_the_job(tiny_model, both):
 
 
 def test_eval_keys_caches_and_runs_by_storage(tiny_model):
-    from vococli.eval_run import _comparable, cache_key
-    from vococli.video import Sampling
+    from vococli.eval.run import _comparable, cache_key
+    from vococli.video.reader import Sampling
 
     plain = cache_key(CLIP, tiny_model, Sampling())
     assert cache_key(CLIP, tiny_model, Sampling(), "auto") == plain
@@ -80,8 +80,8 @@ def test_eval_cache_names_tell_a_bf16_cache_from_a_float32_one(tiny_model):
     to resume a cache of another dtype, which would fail every question of that video."""
     from dataclasses import replace
 
-    from vococli.eval_run import cache_key
-    from vococli.video import Sampling
+    from vococli.eval.run import cache_key
+    from vococli.video.reader import Sampling
 
     bf16 = replace(tiny_model, dtype=torch.bfloat16)
     assert cache_key(CLIP, bf16, Sampling()) != cache_key(CLIP, tiny_model, Sampling())

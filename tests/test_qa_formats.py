@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REALDATA
 from vococli.errors import UserError
-from vococli.qa_formats import find_video, read_questions
+from vococli.eval.formats import find_video, read_questions
 
 DATA = Path(__file__).parent / "data" / "qa"
 REAL_QA = REALDATA / "qa"

@@ -6,12 +6,12 @@ import torch
 
 from test_answer import random_video
 from test_cli import compressed, run  # noqa: F401 (a fixture)
-from vococli.answer import GenerationConfig, Session, forward_tokens
-from vococli.arch import answering_model
+from vococli.answer.session import GenerationConfig, Session, forward_tokens
+from vococli.families.presets import answering_model
 from vococli.errors import UserError
-from vococli.fast_decode import StaticSession
+from vococli.answer.static import StaticSession
 from vococli.layout import text_start
-from vococli.quantize import int4_group_size, weights_of
+from vococli.families.quantize import int4_group_size, weights_of
 
 pytest.importorskip("torchao")
 
@@ -58,7 +58,7 @@ def prompt_logits(model, video):
 
 
 def test_int4_decoder_computes_with_the_group_quantised_weights(tiny_ckpt, tiny_model):
-    from vococli.model import load_model
+    from vococli.families.base import load_model
 
     q4 = load_model(tiny_ckpt, device="cpu", dtype="float32", vision=False, weights="int4")
     assert q4.weights == weights_of(q4.lm) == "int4" and q4.fingerprint == tiny_model.fingerprint
@@ -77,7 +77,7 @@ def test_int4_decoder_computes_with_the_group_quantised_weights(tiny_ckpt, tiny_
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_int4_linears_hold_the_reference_weights(tiny_ckpt, dtype):
-    from vococli.model import load_model
+    from vococli.families.base import load_model
 
     full = load_model(tiny_ckpt, device="cpu", dtype=dtype, vision=False)
     assert check_int4_linears(answering_model(full, "int4"), full) == 14  # 2 layers x 7 Linears

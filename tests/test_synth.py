@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from vococli.errors import UserError
-from vococli.synth import SynthConfig, annotations, make_scene, synthesize
-from vococli.synth_scenes import COLORS, NUMBERS, REGIONS, SHAPES, draw
-from vococli.video import Sampling, VideoReader, plan_frames
+from vococli.synth.clips import SynthConfig, annotations, make_scene, synthesize
+from vococli.synth.scenes import COLORS, NUMBERS, REGIONS, SHAPES, draw
+from vococli.video.reader import Sampling, VideoReader, plan_frames
 
 
 def test_same_seed_same_annotation_bytes(tmp_path):
@@ -98,7 +98,7 @@ def test_bad_options():
 
 
 def test_types_filter_keeps_ids_and_half_the_prompts_carry_the_short_answer_suffix(tmp_path):
-    from vococli.qa_formats import SHORT_ANSWER_SUFFIX
+    from vococli.eval.formats import SHORT_ANSWER_SUFFIX
 
     full = annotations(SynthConfig(seed=8, count=10, kind="mix", needle_seconds=(8,)))
     shape = annotations(SynthConfig(seed=8, count=10, kind="mix", needle_seconds=(8,), types=("shape",)))
@@ -118,7 +118,7 @@ def test_types_filter_keeps_ids_and_half_the_prompts_carry_the_short_answer_suff
 def test_an_interrupted_clip_leaves_no_file(tmp_path, monkeypatch):
     """A clip is written under a temporary name and renamed once complete: an interruption in the
     middle of a clip leaves neither a partial file nor a clip that looks whole."""
-    import vococli.synth as synth
+    import vococli.synth.clips as synth
 
     real = synth.draw
     calls = []

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from vococli.layout import voco_allowed, voco_mask, voco_positions
-from vococli.model import load_model
-from vococli.stage1 import frame_embeddings, image_features
-from vococli.train import TrainConfig, load_optimizer, save_optimizer, train
-from vococli.voco_forward import AvgPoolCompressor, encode_frames, text_hidden
+from vococli.families.base import load_model
+from vococli.compress.stage1 import frame_embeddings, image_features
+from vococli.train.loop import TrainConfig, load_optimizer, save_optimizer, train
+from vococli.train.forward import AvgPoolCompressor, encode_frames, text_hidden
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 TEXT = "\nYou answer questions about a video. USER: which shape moved? ASSISTANT: a red circle"
@@ -90,7 +90,7 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory):
-    from vococli.synth import SynthConfig, synthesize
+    from vococli.synth.clips import SynthConfig, synthesize
 
     out = tmp_path_factory.mktemp("synth")
     synthesize(SynthConfig(seed=11, count=12, kind="frame", size=64), out)
@@ -134,7 +134,7 @@ def test_resume_continues_from_the_saved_step(synth_data, tmp_path):
 
 def test_an_interrupted_save_is_finished_or_forgotten(synth_data, tmp_path):
     """A staged save with its completion mark is moved into place; one without it is dropped."""
-    from vococli.train import COMPLETE, STAGING, commit_staged
+    from vococli.train.loop import COMPLETE, STAGING, commit_staged
 
     base = dict(data=(str(synth_data),), init="tiny", batch_size=8, warmup_steps=1, threads=1, save_every=2)
     out = tmp_path / "run"
@@ -157,11 +157,11 @@ def test_an_interrupted_save_is_finished_or_forgotten(synth_data, tmp_path):
 def test_batched_scoring_answers_like_compress_and_ask(tiny_model, synth_data, tmp_path):
     """qa_score (batched, padded, training forward) generates the same tokens as the product path
     (compress to a cache file, load it, ask) for every question."""
-    from vococli.answer import GenerationConfig, Session
-    from vococli.cache_file import load_cache
-    from vococli.compress import compress_video
-    from vococli.qa_score import read_qa, score_qa
-    from vococli.video import Sampling
+    from vococli.answer.session import GenerationConfig, Session
+    from vococli.cache.chunks import load_cache
+    from vococli.compress.pipeline import compress_video
+    from vococli.train.qa_score import read_qa, score_qa
+    from vococli.video.reader import Sampling
 
     entries = read_qa(synth_data)[:15]
     got = score_qa(tiny_model, synth_data, limit=15, max_new_tokens=4, videos_per_batch=2)
@@ -180,7 +180,7 @@ def test_image_samples_and_multi_turn_conversations_train(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from vococli.train_data import read_training_file
+    from vococli.train.data import read_training_file
 
     (tmp_path / "img").mkdir()
     rng = np.random.default_rng(0)
@@ -269,12 +269,12 @@ def test_from_a_llava_checkpoint_without_voco_registers_it_by_name(tmp_path, syn
     """A plain LLaVA checkpoint (no <voco> in its tokenizer) gets the token added and its embeddings grown."""
     from transformers import AutoTokenizer, LlavaForConditionalGeneration
 
-    from vococli.tiny import TinyConfig, build_tiny_model, save_checkpoint
+    from vococli.families.tiny import TinyConfig, build_tiny_model, save_checkpoint
 
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from vococli.tiny import CHAT_TEMPLATE
+    from vococli.families.tiny import CHAT_TEMPLATE
 
     model, _ = build_tiny_model(TinyConfig())
     bpe = Tokenizer(models.BPE())
@@ -299,8 +299,8 @@ def test_from_a_llava_checkpoint_without_voco_registers_it_by_name(tmp_path, syn
 
 def test_prompts_render_with_templates_that_need_typed_content(tmp_path):
     """llava-hf style templates render only typed content parts; plain strings must still work."""
-    from vococli.answer import render_prompt
-    from vococli.tiny import build_tokenizer
+    from vococli.answer.session import render_prompt
+    from vococli.families.tiny import build_tokenizer
 
     tok = build_tokenizer(384)
     tok.chat_template = ("{% for m in messages %}{{ m['role'].upper() + ': ' }}{% for c in m['content'] %}"

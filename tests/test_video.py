@@ -5,7 +5,7 @@ import pytest
 
 from conftest import REALDATA, ROOT
 from vococli.errors import UserError
-from vococli.video import Sampling, VideoReader, plan_frames
+from vococli.video.reader import Sampling, VideoReader, plan_frames
 
 CLIPS = sorted((REALDATA / "videos").glob("*")) if (REALDATA / "videos").is_dir() else []
 

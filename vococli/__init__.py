@@ -11,16 +11,16 @@
 
 from importlib import import_module
 
-from .quiet import quiet_library_imports
+from vococli.quiet import quiet_library_imports
 
 quiet_library_imports()  # before any of them is imported
 
 # Names are imported on first use, so `vococli --help` does not pay for torch and transformers.
 _EXPORTS = {
-    "Answer": "answer", "GenerationConfig": "answer", "Session": "answer", "ask_questions": "answer",
-    "load_cache": "cache_file", "read_info": "cache_file", "CompressResult": "compress",
-    "compress_video": "compress", "UserError": "errors", "VocoModel": "model", "load_model": "model",
-    "Sampling": "video", "VideoCache": "video_cache", "fit_to_context": "video_cache",
+    "Answer": "answer.session", "GenerationConfig": "answer.session", "Session": "answer.session", "ask_questions": "answer.session",
+    "load_cache": "cache.chunks", "read_info": "cache.chunks", "CompressResult": "compress.pipeline",
+    "compress_video": "compress.pipeline", "UserError": "errors", "VocoModel": "families.base", "load_model": "families.base",
+    "Sampling": "video.reader", "VideoCache": "cache.kv", "fit_to_context": "cache.kv",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -1,5 +1,5 @@
 """`python -m vococli` runs the command line."""
 
-from .cli import main
+from vococli.cli.app import main
 
 main()

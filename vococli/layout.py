@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .model import VocoLayout
+from vococli.families.base import VocoLayout
 
 
 def frame_input_ids(layout: VocoLayout, image_token_id: int) -> torch.Tensor:

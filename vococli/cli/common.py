@@ -1,0 +1,89 @@
+"""What the command modules share: the two consoles, common options, progress bars, quiet logs."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint folder (or hub id when online).")
+DeviceOpt = typer.Option("auto", help="cpu, cuda, cuda:1 ... (auto: GPU when present).")
+DtypeOpt = typer.Option("auto", help="float32, bfloat16 or float16 (auto: bf16 on GPU, fp32 on CPU).")
+DecodeOpt = typer.Option("auto", help="Answering path: dynamic (growing cache), static (pre-allocated cache), "
+                         "graph (static + CUDA-graph decode step), compiled (graph with a torch.compile'd "
+                         "step; compiles once per process and cache size); auto: graph on GPU, dynamic on CPU.")
+WeightsOpt = typer.Option(None, "--weights", show_default=False, help="The language model's weights while answering: full (the "
+                          "--dtype; the default), nf4 (bitsandbytes 4-bit) or int4 (torchao weight-only 4-bit; bfloat16 on GPU).")
+Load4bitOpt = typer.Option(False, "--load-4bit", help="The same as --weights nf4.")
+
+
+def answer_weights(weights: str | None, load_4bit: bool) -> str:
+    """The --weights value (full when not given), with --load-4bit as its older spelling of nf4."""
+    from vococli.errors import UserError
+    from vococli.families.quantize import check_weights
+
+    if weights is None:
+        return "nf4" if load_4bit else "full"
+    check_weights(weights)
+    if load_4bit and weights != "nf4":
+        raise UserError(f"--load-4bit means --weights nf4; it cannot be combined with --weights {weights}")
+    return weights
+
+
+def check_decode_device(decode: str, device: str) -> None:
+    """Refuse an unknown --decode path, or a CUDA-only one without CUDA, before any model is loaded."""
+    from vococli.errors import UserError
+    from vococli.answer.static import check_decode
+    from vococli.families.base import resolve_device
+
+    check_decode(decode)
+    dev = resolve_device(device)
+    if decode == "graph" and dev.type != "cuda":
+        raise UserError(f"--decode graph needs a CUDA GPU (this run is on {dev.type}); use static or compiled")
+
+
+def model_path(model: str | None) -> str:
+    """The --model value, else $VOCOCLI_MODEL, else the bundled default model."""
+    if model:
+        return model
+    from vococli.defaults import default_model_path
+
+    return default_model_path()
+
+
+def quiet_transformers() -> None:
+    import warnings
+
+    import transformers
+
+    # torch.compile asks tensor subclasses (int4 weights) for a hash it uses only to cache compiled
+    # graphs across processes; without one it compiles each process, which is what it does anyway
+    warnings.filterwarnings("ignore", message=".*_stable_hash_for_caching")
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+class Rate:
+    """Items per second since the first call, as progress-bar text ("" until it can be measured)."""
+
+    def __init__(self, unit: str = "/s", digits: int = 2):
+        self.unit, self.digits, self.start = unit, digits, None
+
+    def __call__(self, done: int) -> str:
+        import time
+
+        now = time.perf_counter()
+        if self.start is None:
+            self.start = (now, done)
+        t0, d0 = self.start
+        return f"{(done - d0) / (now - t0):.{self.digits}f}{self.unit}" if now > t0 and done > d0 else ""
+
+
+def progress_bar(label: str) -> Progress:
+    return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err, transient=False,
+                    disable=not err.is_terminal)

@@ -1,0 +1,177 @@
+"""Benchmark commands: `eval` (answer a QA set, resumable) and `score` (exact, contains or LLM judge).
+
+Each is a thin layer over eval_run / eval_score; cli.py registers them on the `vococli` app.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from vococli.cli.common import (DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, Rate, answer_weights,
+                         check_decode_device, err, model_path, out, quiet_transformers)
+from vococli.errors import UserError
+
+
+def eval_command(
+    dataset: str = typer.Argument(..., help="msvd, msrvtt or activitynet (sets question types and file lookup)."),
+    qa: Optional[Path] = typer.Option(None, "--qa", help="One annotation file (LLaMA-VID test_qa.json, original "
+                                      "MSVD/MSRVTT-QA, or Chat-UniVi)."),
+    questions: Optional[Path] = typer.Option(None, "--questions", help="Questions file of a pair (test_q.json)."),
+    answers: Optional[Path] = typer.Option(None, "--answers", help="Answers file of a pair (test_a.json)."),
+    videos: Path = typer.Option(..., "--videos", help="Folder holding the videos."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder: run.json, predictions.jsonl, scores."),
+    model: Optional[str] = ModelOpt,
+    cache_dir: Optional[Path] = typer.Option(None, help="Folder of .voco caches shared between runs "
+                                             "(default: OUT/caches)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Force the annotation format: qa-pair, llama-vid, "
+                                      "original or chatunivi (default: detected)."),
+    mapping: Optional[Path] = typer.Option(None, help="MSVD youtube_mapping.txt for the original MSVD-QA files "
+                                           "(default: beside the QA file)."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N questions."),
+    fps: float = typer.Option(1.0, help="Frames sampled per second of video."),
+    max_frames: Optional[int] = typer.Option(None, help="Cap on frames per video (spread evenly)."),
+    voco_tokens: Optional[int] = typer.Option(None, help="VoCo tokens per frame (default: the checkpoint's)."),
+    suffix: Optional[str] = typer.Option(None, help="Text appended to every question (default: ' Answer the "
+                                         "question using a single word or phrase.'; '' for none)."),
+    max_new_tokens: int = typer.Option(32, help="Longest answer in tokens (greedy decoding)."),
+    batch_size: Optional[int] = typer.Option(
+        None, help="Frames per forward pass while compressing (default: from free GPU memory; 8 on CPU)."),
+    retry_errors: bool = typer.Option(False, help="Ask again the questions whose video failed in an earlier run."),
+    decode: str = DecodeOpt,
+    weights: Optional[str] = typer.Option(
+        None, "--weights", show_default=False, help="The language model's weights while answering: full (the "
+        "default), nf4 (bitsandbytes) or int4 (torchao); videos are still compressed at full precision."),
+    load_4bit: bool = Load4bitOpt,
+    cache_dtype: str = typer.Option("auto", help="Storage of the cached keys/values: auto (the model's dtype) "
+                                    "or int8."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+):
+    """Answer a video QA benchmark: each video compressed once, every answer saved as it is made.
+
+    Rerunning the same command skips the questions already answered.
+    """
+    from vococli.eval.run import DEFAULT_SUFFIX, EvalConfig, check_run_folder, run_eval
+    from vococli.families.presets import answering_model
+    from vococli.families.base import load_model, resolve_device, resolve_dtype
+    from vococli.eval.formats import read_questions
+    from vococli.families.quantize import check_int4_target
+    from vococli.video.reader import Sampling
+
+    from vococli.cache.int8 import check_storage
+
+    check_decode_device(decode, device)
+    weights = answer_weights(weights, load_4bit)
+    check_storage(cache_dtype)
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be at least 1")
+    if max_new_tokens < 1:
+        raise UserError("--max-new-tokens must be at least 1")
+    if videos.exists() and not videos.is_dir():
+        raise UserError(f"{videos}: not a folder; --videos takes the folder that holds the videos")
+    if not videos.is_dir():
+        raise UserError(f"{videos}: videos folder not found")
+    cfg = EvalConfig(dataset=dataset, videos=videos, out=out_dir, cache_dir=cache_dir,
+                     sampling=Sampling(fps=fps, max_frames=max_frames),
+                     suffix=DEFAULT_SUFFIX if suffix is None else suffix, max_new_tokens=max_new_tokens,
+                     batch_size=batch_size, decode=decode, cache_dtype=cache_dtype,
+                     retry_errors=retry_errors)
+    check_run_folder(cfg)  # before the model loads
+    items, detected = read_questions(dataset, qa=qa, questions=questions, answers=answers, fmt=fmt,
+                                     mapping=mapping)
+    items = items[:limit] if limit else items
+    annotations = [p for p in (qa, questions, answers) if p is not None]
+    quiet_transformers()
+    if weights == "int4":
+        dev = resolve_device(device)
+        check_int4_target(dev, resolve_dtype(dtype, dev))  # before the model loads
+    m = load_model(model_path(model), device=device, dtype=dtype, voco_tokens=voco_tokens)
+    # the 4-bit answerer shares the embeddings and head with the compressing model; only the
+    # decoder's Linear weights are held twice (in full and in 4-bit)
+    answerer = answering_model(m, weights) if weights != "full" else None
+    progress = Progress(TextColumn("[bold]{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err,
+                        disable=not err.is_terminal)
+    with progress:
+        vt = progress.add_task("videos", total=None, rate="")
+        qt = progress.add_task("questions", total=len(items), rate="")
+        v_rate, q_rate = Rate(), Rate()
+        summary = run_eval(
+            m, items, cfg, annotations, detected,
+            on_video=lambda d, n: progress.update(vt, completed=d, total=n, rate=v_rate(d)),
+            on_item=lambda d, n: progress.update(qt, completed=d, total=n, rate=q_rate(d)),
+            notice=lambda s: err.print(s), answerer=answerer)
+    if as_json:
+        out.print_json(json.dumps({"out": str(out_dir), **summary.__dict__}))
+        return
+    earlier = (f" ({summary.earlier_errors} of them errors; --retry-errors asks them again)"
+               if summary.earlier_errors else "")
+    out.print(f"{out_dir}: {summary.answered} answered, {summary.errors} errors, {summary.already_done} done "
+              f"before{earlier}, of {summary.questions} questions; {summary.videos} videos ({summary.frames_compressed} "
+              f"frames compressed) in {summary.seconds:.1f} s. Score with: vococli score {out_dir}")
+
+
+def score_command(
+    run: Path = typer.Argument(..., help="A run folder written by `vococli eval`."),
+    judge: str = typer.Option("exact", help="exact (official ActivityNet-QA metric), contains, or llm."),
+    judge_url: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible API (--judge llm), "
+                                            "e.g. https://api.openai.com/v1."),
+    judge_model: Optional[str] = typer.Option(None, help="Judge model name sent to the API (--judge llm)."),
+    judge_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
+    judge_workers: int = typer.Option(8, help="Concurrent judge requests."),
+    judge_retries: int = typer.Option(4, help="Retries per judgement after the first attempt."),
+    as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
+):
+    """Score a run: accuracy overall and per question type (errors and failed judgements apart).
+
+    Writes scores.json and accuracy_<judge>.png into the run folder. LLM judgements are cached in
+    judgements.jsonl, so scoring again costs nothing.
+    """
+    from vococli.eval.score import score_run
+    from vococli.eval.judge import JudgeConfig
+
+    cfg = None
+    if judge == "llm":
+        if not judge_url or not judge_model:
+            raise UserError("--judge llm needs --judge-url and --judge-model")
+        if judge_workers < 1 or judge_retries < 0:
+            raise UserError("--judge-workers must be at least 1 and --judge-retries at least 0")
+        cfg = JudgeConfig(url=judge_url, model=judge_model, key_env=judge_key_env, workers=judge_workers,
+                          retries=judge_retries)
+    progress = Progress(TextColumn("[bold]judging"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=err, disable=not err.is_terminal or judge != "llm")
+    with progress:
+        task = progress.add_task("judging", total=None)
+        res = score_run(run, judge, cfg, on_progress=lambda d, n: progress.update(task, completed=d, total=n))
+    d = res.to_dict()
+    failed = d["overall"].get("failed_judgements", 0)
+    if failed:
+        err.print(f"warning: {failed} judgements failed ({res.failure}); they are counted apart, and scoring "
+                  "again retries them", markup=False)
+    if as_json:
+        out.print_json(json.dumps(d))
+        return
+    llm = judge == "llm"
+    table = Table(title=f"{run} ({judge})")
+    for col in ["type", "accuracy", "correct", "judged", "errors"] + (["failed", "score"] if llm else []):
+        table.add_column(col, justify="left" if col == "type" else "right")
+    typed = list(d["by_type"].items()) if set(d["by_type"]) != {"all"} else []  # untyped sets: overall only
+    for name, t in [("overall", d["overall"])] + typed:
+        acc = "-" if t["accuracy"] is None else f"{100 * t['accuracy']:.1f}%"
+        row = [name, acc, str(t["correct"]), str(t["judged"]), str(t["errors"])]
+        if llm:
+            row += [str(t["failed_judgements"]), "-" if t["score"] is None else f"{t['score']:.2f}"]
+        table.add_row(*row, style="bold" if name == "overall" else None)
+    out.print(table)
+    if llm and d.get("judge_models_reported"):
+        names = ", ".join(f"{k} ({v})" for k, v in d["judge_models_reported"].items())
+        out.print(f"judge model reported by the endpoint: {names}")
+        if len(d["judge_models_reported"]) > 1:
+            err.print("warning: the endpoint reported more than one model name; scores mix judges")
