@@ -22,7 +22,7 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_ckpt):
-    from vococli.families.base import load_model
+    from vococli.families.loading import load_model
 
     return load_model(tiny_ckpt, device="cpu", dtype="float32")
 

@@ -18,7 +18,7 @@ def random_video(model, n_frames, seed=0):
     d = cfg.hidden_size // cfg.num_attention_heads
     shape = (cfg.num_hidden_layers, n_frames, cfg.num_key_value_heads, model.layout.k, d)
     return VideoCache(keys=torch.randn(shape, generator=g), values=torch.randn(shape, generator=g),
-                      timestamps=np.arange(n_frames, dtype=float), meta={})
+                      timestamps=np.arange(n_frames, dtype=float))
 
 
 def test_second_turn_equals_fresh_forward_over_whole_conversation(tiny_model):
@@ -95,7 +95,7 @@ def test_preprocessing_matches_llava_reference():
 
 def test_four_bit_on_cpu_stays_close_to_full_precision(tiny_ckpt, tiny_model):
     pytest.importorskip("bitsandbytes")
-    from vococli.families.base import load_model
+    from vococli.families.loading import load_model
 
     q4 = load_model(tiny_ckpt, device="cpu", dtype="float32", vision=False, weights="nf4")
     assert type(q4.lm.model.layers[0].mlp.down_proj).__name__ == "Linear4bit"

@@ -94,7 +94,7 @@ def test_compiled_layers_are_undone():
 
 def test_module_bytes_counts_what_4bit_weights_hold(tiny_model):
     """int4 (a torchao tensor subclass) holds packed nibbles plus a scale and a zero per group."""
-    from vococli.families.presets import answering_model
+    from vococli.families.loading import answering_model
     from vococli.bench.timing import module_bytes
     from vococli.families.quantize import int4_group_size
 
@@ -111,7 +111,7 @@ def test_module_bytes_counts_what_4bit_weights_hold(tiny_model):
 def test_a_preset_too_large_for_free_memory_is_refused_before_it_is_built(monkeypatch):
     import vococli.families.presets as arch
 
-    need = arch.weights_bytes(arch._preset("tiny")[1], torch.float32)
+    need = arch.weights_bytes(arch.preset_config("tiny")[1], torch.float32)
     monkeypatch.setattr(arch, "free_bytes", lambda device: need - 1)
     with pytest.raises(UserError, match="--preset tiny: its weights alone take"):
         arch.random_model("tiny", torch.device("cpu"), torch.float32)

@@ -24,7 +24,7 @@ MARGIN = {"frame": 0.08, "temporal": 0.12}  # ~3 standard errors of the smaller 
 @pytest.fixture(scope="module")
 def bundled():
     from vococli.defaults import default_model_path
-    from vococli.families.base import load_model
+    from vococli.families.loading import load_model
 
     os.environ.pop("VOCOCLI_MODEL", None)
     return load_model(default_model_path(), device="cpu", dtype="float32")
@@ -35,7 +35,7 @@ def accuracy(model, folder, tmp_path):
     from vococli.cache.chunks import load_cache
     from vococli.compress.pipeline import compress_video
     from vococli.train.qa_score import normalise, read_qa
-    from vococli.video.reader import Sampling
+    from vococli.video.sampling import Sampling
 
     right, total, sessions = 0, 0, {}
     for e in read_qa(folder):
@@ -84,3 +84,29 @@ def test_a_missing_model_folder_from_the_environment_is_named_as_such(monkeypatc
         default_model_path()
     monkeypatch.setenv("VOCOCLI_MODEL", "org/name")  # a hub id: resolved when the model is loaded
     assert default_model_path() == "org/name"
+
+
+OLD_CACHE = ROOT / "tests" / "data" / "caches" / "shapes_demo-v1.voco"  # written by vococli 0.1.0 before
+# caches recorded their model family and compressor
+
+
+def test_a_cache_written_before_the_family_and_compressor_fields_still_answers(bundled, tmp_path):
+    import torch
+
+    from vococli.answer.opening import open_for_answering
+    from vococli.answer.session import GenerationConfig
+    from vococli.cache.chunks import load_cache, read_info
+    from vococli.compress.pipeline import compress_video
+    from vococli.families.loading import answering_model
+
+    info = read_info(OLD_CACHE)
+    assert (info.meta.family, info.meta.compressor, info.meta.storage) == ("llava_llama", "voco", "float32")
+    old = load_cache(OLD_CACHE, fingerprint=bundled.fingerprint)
+    new = load_cache(compress_video(bundled, DEMO, tmp_path / "demo.voco", notice=lambda s: None).path)
+    assert torch.equal(old.keys, new.keys) and torch.equal(old.values, new.values)
+    session = open_for_answering(OLD_CACHE, answering_model(bundled), reserve=64)
+    answers = []
+    for q in ("what colour was the square at the start?", "what colour was the square at the end?"):
+        session.reset()
+        answers.append(session.ask(q, GenerationConfig(max_new_tokens=8)).text)
+    assert answers == ["cyan", "yellow"]

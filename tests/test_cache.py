@@ -9,15 +9,24 @@ import torch
 
 import vococli.compress.pipeline as compress_mod
 from conftest import ROOT
-from vococli.cache.chunks import CacheWriter, ChunkQueue, chunk_path, load_cache, read_info
+from vococli.cache.chunks import chunk_path, load_cache, read_info
+from vococli.cache.meta import CacheMeta
+from vococli.cache.writer import CacheWriter, ChunkQueue
 from vococli.compress.pipeline import compress_video
 from vococli.errors import UserError
 from vococli.compress.pixels import to_pixels
 from vococli.compress.stage1 import compress_pixels
-from vococli.video.reader import Sampling, VideoReader, plan_frames
+from vococli.video.reader import VideoReader
+from vococli.video.sampling import Sampling, plan_frames
 
 CLIP = ROOT / "video" / "pancake.mkv"
 SAMPLING = Sampling(fps=2)  # 21 frames
+
+
+def cache_meta(k: int = 1) -> CacheMeta:
+    """The metadata of a made-up cache, for writing chunks by hand."""
+    return CacheMeta(model_fingerprint="f", model_path="m", k=k, c0=3, n_image=1, dtype="float32",
+                     video={"size": 1}, sampling={}, planned_frames=4, backend="pyav", video_duration_s=1.0)
 
 
 def test_round_trip_is_bit_exact(tiny_model, tmp_path):
@@ -46,7 +55,7 @@ def test_round_trip_is_bit_exact(tiny_model, tmp_path):
     os.umask(mask)
     assert stat.S_IMODE(chunk_path(res.path, 0).stat().st_mode) == 0o666 & ~mask  # readable as umask allows
     info = read_info(res.path)
-    assert info["frames"] == 21 and info["chunks"] == 3 and info["k"] == tiny_model.layout.k
+    assert info.frames == 21 and info.chunks == 3 and info.meta.k == tiny_model.layout.k
 
 
 def test_compress_with_stage1_compiled_stores_the_same_cache(tiny_model, tmp_path):
@@ -157,9 +166,7 @@ def test_a_full_disk_is_a_user_error_naming_the_chunk(tiny_model, tmp_path, monk
 def test_two_writers_never_share_a_cache(tiny_model, tmp_path):
     """While one compress writes a cache, another (here: in the same process) is refused, and the
     folder is free again once the first is done."""
-    meta = {"model_fingerprint": "f", "k": 2, "c0": 3, "dtype": "float32", "video": {"size": 1},
-            "sampling": {}, "planned_frames": 4}
-    with CacheWriter(tmp_path / "c.voco", meta):
+    with CacheWriter(tmp_path / "c.voco", cache_meta(k=2)):
         with pytest.raises(UserError, match="c.voco: another vococli process is writing this cache"):
             compress_video(tiny_model, CLIP, tmp_path / "c.voco", SAMPLING, notice=lambda s: None)
     assert compress_video(tiny_model, CLIP, tmp_path / "c.voco", SAMPLING, notice=lambda s: None).frames == 21
@@ -182,7 +189,7 @@ def test_no_chunk_is_written_after_a_failed_one(tmp_path, monkeypatch):
         return real(self, *args)
 
     monkeypatch.setattr(CacheWriter, "write", fail_once_after_the_next_is_queued)
-    writer = CacheWriter(tmp_path / "gap.voco", {"k": 1})
+    writer = CacheWriter(tmp_path / "gap.voco", cache_meta())
     chunk = torch.zeros(2, 3, 1, 1, 4)
     with pytest.raises(OSError, match="I/O error"), ChunkQueue(writer, depth=2) as chunk_queue:
         for i in range(3):
@@ -196,7 +203,7 @@ def test_a_caller_error_keeps_the_write_error_as_a_note(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(CacheWriter, "write", broken)
-    with pytest.raises(Interrupt) as caught, ChunkQueue(CacheWriter(tmp_path / "n.voco", {"k": 1})) as chunk_queue:
+    with pytest.raises(Interrupt) as caught, ChunkQueue(CacheWriter(tmp_path / "n.voco", cache_meta())) as chunk_queue:
         chunk_queue.submit(torch.zeros(1, 1, 1, 1, 2), torch.zeros(1, 1, 1, 1, 2), [0.0], 1, 0, final=False)
         raise Interrupt
     assert "No space" in " ".join(caught.value.__notes__)
@@ -204,7 +211,7 @@ def test_a_caller_error_keeps_the_write_error_as_a_note(tmp_path, monkeypatch):
 
 def test_chunk_queue_writes_in_order_and_drains_when_the_caller_fails(tmp_path):
     """Chunks submitted before an error in the caller are all on disk, in order, when the block ends."""
-    writer = CacheWriter(tmp_path / "q.voco", {"k": 1})
+    writer = CacheWriter(tmp_path / "q.voco", cache_meta())
     shape = (2, 3, 1, 1, 4)
     chunks = [torch.full(shape, float(i)) for i in range(4)]
     with pytest.raises(Interrupt), ChunkQueue(writer) as chunk_queue:
@@ -327,7 +334,7 @@ def test_never_writes_into_or_removes_a_foreign_folder(tiny_model, tmp_path):
 
 
 def test_rejects_zero_voco_tokens(tiny_ckpt):
-    from vococli.families.base import load_model
+    from vococli.families.loading import load_model
 
     with pytest.raises(UserError, match="at least 1"):
         load_model(tiny_ckpt, device="cpu", voco_tokens=0)
@@ -336,7 +343,7 @@ def test_rejects_zero_voco_tokens(tiny_ckpt):
 def test_chunk_queue_gpu_branch_waits_for_the_copy_on_the_keys_gpu(tmp_path, monkeypatch):
     """The CUDA branch of submit, with the CUDA calls stubbed (no GPU here): the event is recorded
     on the stream of the GPU the keys live on, and the writer waits for it before writing."""
-    import vococli.cache.chunks as cache_file
+    import vococli.cache.writer as cache_writer
 
     log = []
 
@@ -359,8 +366,8 @@ def test_chunk_queue_gpu_branch_waits_for_the_copy_on_the_keys_gpu(tmp_path, mon
 
     monkeypatch.setattr(torch.cuda, "Event", Event)
     monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
-    monkeypatch.setattr(cache_file, "_to_pinned", lambda t: log.append(("copy",)) or t.host)
-    writer = CacheWriter(tmp_path / "g.voco", {"k": 1})
+    monkeypatch.setattr(cache_writer, "_to_pinned", lambda t: log.append(("copy",)) or t.host)
+    writer = CacheWriter(tmp_path / "g.voco", cache_meta())
     keys = torch.arange(8.0).view(1, 2, 1, 1, 4)
     with ChunkQueue(writer) as chunk_queue:
         chunk_queue.submit(OnGpu(keys), OnGpu(-keys), [0.0, 1.0], 2, 0, final=True)
@@ -368,3 +375,26 @@ def test_chunk_queue_gpu_branch_waits_for_the_copy_on_the_keys_gpu(tmp_path, mon
     from safetensors.torch import load_file
 
     assert torch.equal(load_file(str(chunk_path(writer.root, 0)))["values"], -keys)
+
+
+def test_a_chunk_missing_a_metadata_field_is_one_line(cache):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    p = chunk_path(cache, 0)
+    with safe_open(str(p), framework="pt") as f:
+        meta = json.loads(f.metadata()["vococli"])
+    del meta["targets_done"]
+    save_file(load_file(str(p)), str(p), metadata={"vococli": json.dumps(meta)})
+    with pytest.raises(UserError, match="chunk-00000.*damaged cache chunk.*no 'targets_done'"):
+        read_info(cache)
+    meta["targets_done"] = "eight"
+    save_file(load_file(str(p)), str(p), metadata={"vococli": json.dumps(meta)})
+    with pytest.raises(UserError, match="chunk-00000.*field 'targets_done' is 'eight'"):
+        load_cache(cache)
+
+
+def test_new_caches_record_family_and_compressor(cache):
+    info = read_info(cache)
+    assert (info.meta.family, info.meta.compressor) == ("llava_llama", "voco")
+    assert info.to_dict()["family"] == "llava_llama" and info.to_dict()["frames"] == 21

@@ -82,6 +82,8 @@ def test_user_errors_exit_1_with_one_line(tmp_path, tiny_ckpt):
         assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
         assert "Traceback" not in r.stderr
     assert run("ask", "--no-such-flag").returncode == 1
+    r = run("compress", CLIP, "--model", tiny_ckpt, "--cache-dtype", "fp8", "-o", tmp_path / "y.voco")
+    assert r.returncode == 1 and "error: --cache-dtype 'fp8': choose one of auto, int8" in r.stderr, r.stderr
 
 
 
@@ -116,9 +118,9 @@ def test_ctrl_c_says_the_work_is_kept(monkeypatch, capsys, tiny_ckpt):
         cli.main()
     assert e.value.code == 130
     assert "interrupted; the finished cache chunks are kept: the same command resumes" in capsys.readouterr().err
-    from vococli.cli.app import _interrupted_message
+    from vococli.cli.app import interrupted_message
 
-    assert "--resume" in _interrupted_message(["train"]) and _interrupted_message(["ask"]) == "interrupted"
+    assert "--resume" in interrupted_message(["train"]) and interrupted_message(["ask"]) == "interrupted"
 
 
 def test_a_failing_compiler_is_a_user_error(monkeypatch, capsys):

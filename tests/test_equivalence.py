@@ -8,7 +8,7 @@ import torch
 
 from vococli.answer.session import forward_tokens
 from vococli.layout import voco_mask, voco_positions
-from vococli.families.base import load_model
+from vococli.families.loading import load_model
 from vococli.families.rope import rotate_keys
 from vococli.compress.stage1 import compress_pixels, frame_embeddings, image_features
 from vococli.cache.kv import VideoCache
@@ -35,7 +35,7 @@ def one_forward_logits(model, pixels, ids):
 
 def two_stage_logits(model, pixels, ids):
     keys, values = compress_pixels(model, pixels)
-    video = VideoCache(keys=keys, values=values, timestamps=np.arange(pixels.shape[0], dtype=float), meta={})
+    video = VideoCache(keys=keys, values=values, timestamps=np.arange(pixels.shape[0], dtype=float))
     cache = video.past_key_values(model)
     from vococli.layout import text_start
 

@@ -147,7 +147,7 @@ def test_other_settings_are_refused_and_scores_written(dataset, reference):
 
 def test_a_changed_setting_is_named_with_both_values(tmp_path):
     from vococli.errors import UserError
-    from vococli.eval.run import check_same_run
+    from vococli.eval.record import check_same_run
 
     record = {"dataset": "msvd", "sampling": {"fps": 1.0, "start": 0.0, "end": None, "max_frames": None},
               "generation": {"max_new_tokens": 32, "temperature": 0.0, "decoding": "greedy"}}

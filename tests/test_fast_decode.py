@@ -111,7 +111,7 @@ def check_within_rounding(ckpt, tiny_model, device: str, weights: str = "full", 
     greedy token at every step where the plain top two logits are more than 4r apart (closer ties
     may flip under any change of summation order, fused kernels included).
     """
-    from vococli.families.base import load_model
+    from vococli.families.loading import load_model
 
     f32 = load_model(ckpt, device=device, dtype="float32", vision=False)
     bf16 = load_model(ckpt, device=device, dtype="bfloat16", vision=False)

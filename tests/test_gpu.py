@@ -5,7 +5,7 @@ import torch
 
 from test_equivalence import one_forward_logits, pixels_for, text_ids, two_stage_logits
 from vococli.answer.session import GenerationConfig, Session
-from vococli.families.base import load_model
+from vococli.families.loading import load_model
 
 pytestmark = pytest.mark.gpu
 

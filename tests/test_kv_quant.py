@@ -41,8 +41,8 @@ def test_int8_cache_round_trip(both):
     torch.testing.assert_close(q.key_scales, ref_s)
     assert (q.keys.int() - ref_q.int()).abs().max() <= 1
     info = read_info(q_path)
-    assert info["storage"] == "int8" and info["dtype"] == "float32"
-    assert info["bytes"] < 0.6 * read_info(full_path)["bytes"]
+    assert info.meta.storage == "int8" and info.meta.dtype == "float32"
+    assert info.bytes < 0.6 * read_info(full_path).bytes
     sel = q.select([0, 5, 20])
     assert sel.key_scales.shape[1] == 3 and torch.equal(sel.keys[:, 1], q.keys[:, 5])
 
@@ -60,19 +60,20 @@ def test_storage_is_part_of_the_job(tiny_model, both):
     _, _, full_path, _ = both
     with pytest.raises(UserError, match="different storage"):
         compress_video(tiny_model, CLIP, full_path, SAMPLING, cache_dtype="int8", notice=lambda s: None)
-    with pytest.raises(UserError, match="--cache-dtype"):
+    with pytest.raises(UserError, match="^cache_dtype 'fp8': choose one of auto, int8$"):
         compress_video(tiny_model, CLIP, full_path.parent / "x.voco", SAMPLING, cache_dtype="fp8",
                        notice=lambda s: None)
 
 
 def test_eval_keys_caches_and_runs_by_storage(tiny_model):
-    from vococli.eval.run import _comparable, cache_key
-    from vococli.video.reader import Sampling
+    from vococli.eval.record import comparable
+    from vococli.eval.run import cache_key
+    from vococli.video.sampling import Sampling
 
     plain = cache_key(CLIP, tiny_model, Sampling())
     assert cache_key(CLIP, tiny_model, Sampling(), "auto") == plain
     assert cache_key(CLIP, tiny_model, Sampling(), "int8") != plain
-    assert _comparable(None, "cache_dtype") == "auto"  # records from before the option
+    assert comparable(None, "cache_dtype") == "auto"  # records from before the option
 
 
 def test_eval_cache_names_tell_a_bf16_cache_from_a_float32_one(tiny_model):
@@ -81,7 +82,7 @@ def test_eval_cache_names_tell_a_bf16_cache_from_a_float32_one(tiny_model):
     from dataclasses import replace
 
     from vococli.eval.run import cache_key
-    from vococli.video.reader import Sampling
+    from vococli.video.sampling import Sampling
 
     bf16 = replace(tiny_model, dtype=torch.bfloat16)
     assert cache_key(CLIP, bf16, Sampling()) != cache_key(CLIP, tiny_model, Sampling())

@@ -7,7 +7,7 @@ import torch
 from test_answer import random_video
 from test_cli import compressed, run  # noqa: F401 (a fixture)
 from vococli.answer.session import GenerationConfig, Session, forward_tokens
-from vococli.families.presets import answering_model
+from vococli.families.loading import answering_model
 from vococli.errors import UserError
 from vococli.answer.static import StaticSession
 from vococli.layout import text_start
@@ -58,7 +58,7 @@ def prompt_logits(model, video):
 
 
 def test_int4_decoder_computes_with_the_group_quantised_weights(tiny_ckpt, tiny_model):
-    from vococli.families.base import load_model
+    from vococli.families.loading import load_model
 
     q4 = load_model(tiny_ckpt, device="cpu", dtype="float32", vision=False, weights="int4")
     assert q4.weights == weights_of(q4.lm) == "int4" and q4.fingerprint == tiny_model.fingerprint
@@ -77,7 +77,7 @@ def test_int4_decoder_computes_with_the_group_quantised_weights(tiny_ckpt, tiny_
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_int4_linears_hold_the_reference_weights(tiny_ckpt, dtype):
-    from vococli.families.base import load_model
+    from vococli.families.loading import load_model
 
     full = load_model(tiny_ckpt, device="cpu", dtype=dtype, vision=False)
     assert check_int4_linears(answering_model(full, "int4"), full) == 14  # 2 layers x 7 Linears
@@ -99,7 +99,7 @@ def test_answering_model_quantises_a_copy(tiny_model):
         assert fired
     finally:
         handle.remove()
-    with pytest.raises(UserError, match="--weights"):
+    with pytest.raises(UserError, match="^weights 'int3': choose one of full, nf4, int4$"):
         answering_model(tiny_model, "int3")
 
 

@@ -8,7 +8,8 @@ import pytest
 from vococli.errors import UserError
 from vococli.synth.clips import SynthConfig, annotations, make_scene, synthesize
 from vococli.synth.scenes import COLORS, NUMBERS, REGIONS, SHAPES, draw
-from vococli.video.reader import Sampling, VideoReader, plan_frames
+from vococli.video.reader import VideoReader
+from vococli.video.sampling import Sampling, plan_frames
 
 
 def test_same_seed_same_annotation_bytes(tmp_path):

@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from vococli.layout import voco_allowed, voco_mask, voco_positions
-from vococli.families.base import load_model
+from vococli.families.loading import load_model
 from vococli.compress.stage1 import frame_embeddings, image_features
-from vococli.train.loop import TrainConfig, load_optimizer, save_optimizer, train
-from vococli.train.forward import AvgPoolCompressor, encode_frames, text_hidden
+from vococli.train.checkpoint import load_optimizer, save_optimizer
+from vococli.train.config import TrainConfig
+from vococli.train.loop import train
+from vococli.compressors.avgpool import AvgPoolCompressor
+from vococli.train.forward import encode_frames, text_hidden
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 TEXT = "\nYou answer questions about a video. USER: which shape moved? ASSISTANT: a red circle"
@@ -21,29 +24,29 @@ def model(request, tiny_ckpt):
     return load_model(tiny_ckpt, device="cpu", dtype="float32", attn=request.param)
 
 
-def one_forward_hidden(model, pixels, ids, mode, compressor=None):
+def one_forward_hidden(model, pixels, ids, compressor, module=None):
     """Reference: the frames and the text in ONE forward with the block mask of layout.py."""
     lay = model.layout
     feats = image_features(model, pixels)
     embeds = frame_embeddings(model, feats)  # (T, frame_len, H)
-    if mode == "avgpool":
-        embeds = torch.cat([embeds[:, :lay.c0], compressor(feats)], dim=1)
+    if compressor == "avgpool":  # the pooled slots, computed here rather than by the compressor class
+        embeds = torch.cat([embeds[:, :lay.c0], module(feats)], dim=1)
     t = embeds.shape[0]
     text = model.language_model.get_input_embeddings()(ids)
     seq = torch.cat([embeds.reshape(1, -1, embeds.shape[-1]), text], dim=1)
-    mask = voco_mask(lay, t, ids.shape[1], torch.float32, mode=mode)
+    mask = voco_mask(lay, t, ids.shape[1], torch.float32, compressor)
     pos = voco_positions(lay, t, ids.shape[1]).view(1, -1)
     out = model.language_model(inputs_embeds=seq, attention_mask=mask, position_ids=pos)
     return out.last_hidden_state[0, -ids.shape[1]:]
 
 
-@pytest.mark.parametrize("mode", ["voco", "causal", "avgpool"])
-def test_per_frame_training_forward_equals_block_masked_forward(model, mode):
+@pytest.mark.parametrize("compressor", ["voco", "full", "avgpool"])
+def test_per_frame_training_forward_equals_block_masked_forward(model, compressor):
     """Two videos (3 and 1 frames) and three texts of different lengths in one padded batch."""
     torch.manual_seed(0)
     s = model.image.size
     pixels = torch.randn(4, 3, s, s)
-    comp = AvgPoolCompressor(model.text_config.hidden_size, model.layout.k) if mode == "avgpool" else None
+    comp = AvgPoolCompressor(model.text_config.hidden_size, model.layout.k) if compressor == "avgpool" else None
     if comp is not None:
         torch.nn.init.normal_(comp.proj.weight, std=0.2)
     tok = model.tokenizer
@@ -55,18 +58,19 @@ def test_per_frame_training_forward_equals_block_masked_forward(model, mode):
     for i, x in enumerate(ids):
         batch[i, :len(x)] = torch.tensor(x)
     with torch.no_grad():
-        state = encode_frames(model, pixels, [3, 1], mode, comp)
+        state = encode_frames(model, pixels, [3, 1], compressor, comp)
         got = text_hidden(model, state, batch, torch.tensor(list(map(len, ids))), video)
         for i, x in enumerate(ids):
             frames = pixels[:3] if video[i] == 0 else pixels[3:]
-            ref = one_forward_hidden(model, frames, torch.tensor([x]), mode, comp)
+            ref = one_forward_hidden(model, frames, torch.tensor([x]), compressor, comp)
             torch.testing.assert_close(got[i, :len(x)], ref, atol=1e-4, rtol=1e-4)
 
 
-def test_modes_differ_only_in_what_text_sees(model):
-    """The three masks agree inside frames for voco/causal and differ for the text rows."""
+def test_compressors_differ_only_in_what_text_sees(model):
+    """voco and full agree inside frames and differ for the text rows; avgpool's slots never see
+    the image."""
     lay = model.layout
-    voco, causal = voco_allowed(lay, 2, 5, "voco"), voco_allowed(lay, 2, 5, "causal")
+    voco, causal = voco_allowed(lay, 2, 5, "voco"), voco_allowed(lay, 2, 5, "full")
     n_vis = 2 * lay.frame_len
     assert torch.equal(voco[:n_vis], causal[:n_vis])
     assert causal[n_vis:, :n_vis].all() and voco[n_vis:, :n_vis].sum() == 5 * 2 * lay.k
@@ -134,7 +138,7 @@ def test_resume_continues_from_the_saved_step(synth_data, tmp_path):
 
 def test_an_interrupted_save_is_finished_or_forgotten(synth_data, tmp_path):
     """A staged save with its completion mark is moved into place; one without it is dropped."""
-    from vococli.train.loop import COMPLETE, STAGING, commit_staged
+    from vococli.train.checkpoint import COMPLETE, STAGING, commit_staged
 
     base = dict(data=(str(synth_data),), init="tiny", batch_size=8, warmup_steps=1, threads=1, save_every=2)
     out = tmp_path / "run"
@@ -161,7 +165,7 @@ def test_batched_scoring_answers_like_compress_and_ask(tiny_model, synth_data, t
     from vococli.cache.chunks import load_cache
     from vococli.compress.pipeline import compress_video
     from vococli.train.qa_score import read_qa, score_qa
-    from vococli.video.reader import Sampling
+    from vococli.video.sampling import Sampling
 
     entries = read_qa(synth_data)[:15]
     got = score_qa(tiny_model, synth_data, limit=15, max_new_tokens=4, videos_per_batch=2)

@@ -19,8 +19,8 @@ quiet_library_imports()  # before any of them is imported
 _EXPORTS = {
     "Answer": "answer.session", "GenerationConfig": "answer.session", "Session": "answer.session", "ask_questions": "answer.session",
     "load_cache": "cache.chunks", "read_info": "cache.chunks", "CompressResult": "compress.pipeline",
-    "compress_video": "compress.pipeline", "UserError": "errors", "VocoModel": "families.base", "load_model": "families.base",
-    "Sampling": "video.reader", "VideoCache": "cache.kv", "fit_to_context": "cache.kv",
+    "compress_video": "compress.pipeline", "UserError": "errors", "VocoModel": "families.base", "load_model": "families.loading",
+    "Sampling": "video.sampling", "VideoCache": "cache.kv", "fit_to_context": "cache.kv",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

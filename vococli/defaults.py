@@ -28,7 +28,7 @@ def default_model_path() -> str:
     """$VOCOCLI_MODEL, else the bundled default model."""
     if os.environ.get(ENV_MODEL):
         path = os.environ[ENV_MODEL]
-        from vococli.families.base import HUB_ID
+        from vococli.families.loading import HUB_ID
 
         if not Path(path).exists() and not HUB_ID.fullmatch(path):  # hub ids are resolved when loaded
             raise UserError(f"{path} (from ${ENV_MODEL}): model folder not found")

@@ -5,7 +5,21 @@ The CLI prints these as a single line and exits with code 1; anything else is a 
 
 
 class UserError(Exception):
-    """A problem with the user's input, reported as one line without a traceback."""
+    """A problem with the user's input, reported as one line without a traceback.
+
+    `option` names the setting at fault by its library name (e.g. "cache_dtype") when the message
+    starts with it; the command line shows it as its flag (--cache-dtype)."""
+
+    def __init__(self, message: str = "", option: str | None = None):
+        super().__init__(message)
+        self.option = option
+
+    def for_command_line(self) -> str:
+        """The message with a leading setting name written as the flag that sets it."""
+        text = str(self)
+        if self.option and text.startswith(self.option):
+            return "--" + self.option.replace("_", "-") + text[len(self.option):]
+        return text
 
 
 def check_output_folder(path, marker: str, what: str, own: tuple[str, ...] = ()) -> None:

@@ -8,8 +8,9 @@ followed by text:
 
 - A frame's tokens see only earlier tokens of the same frame (plain causal inside the frame).
 - Text sees the VoCo tokens of every frame and earlier text: never BOS, image or separator.
-  Two baselines change only the mask: `causal` (text also sees every frame's image tokens: the
-  upper bound) and `avgpool` (the K slots hold pooled image features and never see the image).
+  Which rows and which visible tokens are the compressor's (vococli.compressors): `full` lets
+  text see every frame token (the upper bound), `avgpool` fills the K slots with pooled image
+  features that never see the image.
 - Frame t's tokens sit at positions `arange(frame_len) + t*K`, so its VoCo token j is at
   `c0 + t*K + j`; text starts at `c0 + T*K`. For T=1 this is the single-image VoCo layout.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from vococli.compressors import Compressor, get_compressor
 from vococli.families.base import VocoLayout
 
 
@@ -27,35 +29,18 @@ def frame_input_ids(layout: VocoLayout, image_token_id: int) -> torch.Tensor:
     return torch.tensor(ids + [layout.voco_id] * layout.k)
 
 
-MODES = ("voco", "causal", "avgpool")
+def frame_allowed(layout: VocoLayout, compressor: str | Compressor = "voco") -> torch.Tensor:
+    """Boolean (fl, fl) attention inside one frame's stage-1 sequence (the compressor's rows)."""
+    return get_compressor(compressor).frame_allowed(layout)
 
 
-def frame_allowed(layout: VocoLayout, mode: str = "voco") -> torch.Tensor:
-    """Boolean (fl, fl) attention inside one frame's stage-1 sequence.
-
-    voco, causal: plain causal. avgpool: the K slots hold pooled image features and see only BOS
-    and earlier slots, never the image tokens (the "Avg. Pool + Linear" baseline).
-    """
-    _check_mode(mode)
-    fl = layout.frame_len
-    allowed = torch.ones(fl, fl, dtype=torch.bool).tril()
-    if mode == "avgpool":
-        allowed[layout.c0:, 1:layout.c0] = False
-    return allowed
+def text_visible(layout: VocoLayout, compressor: str | Compressor = "voco") -> torch.Tensor:
+    """Boolean (fl,): the tokens of each frame that text may attend to (the compressor's)."""
+    return get_compressor(compressor).text_visible(layout)
 
 
-def text_visible(layout: VocoLayout, mode: str = "voco") -> torch.Tensor:
-    """Boolean (fl,): the tokens of each frame that text may attend to.
-
-    voco, avgpool: only the K slots after the separator; causal (no VoCo mask, the upper bound):
-    every token of the frame, image included.
-    """
-    _check_mode(mode)
-    visible = torch.arange(layout.frame_len) >= layout.c0
-    return torch.ones_like(visible) if mode == "causal" else visible
-
-
-def voco_allowed(layout: VocoLayout, n_frames: int, text_len: int, mode: str = "voco") -> torch.Tensor:
+def voco_allowed(layout: VocoLayout, n_frames: int, text_len: int,
+                 compressor: str | Compressor = "voco") -> torch.Tensor:
     """Boolean (S, S) matrix, True where query row i may attend to key column j."""
     fl = layout.frame_len
     n_vis = n_frames * fl
@@ -64,16 +49,11 @@ def voco_allowed(layout: VocoLayout, n_frames: int, text_len: int, mode: str = "
     frame_of = torch.arange(n_vis) // fl
     allowed = torch.zeros(size, size, dtype=torch.bool)
     same_frame = frame_of[:, None] == frame_of[None, :]  # block diagonal
-    inside = frame_allowed(layout, mode).repeat(n_frames, n_frames)
+    inside = frame_allowed(layout, compressor).repeat(n_frames, n_frames)
     allowed[:n_vis, :n_vis] = same_frame & inside
-    allowed[n_vis:, :n_vis] = text_visible(layout, mode).repeat(n_frames)[None, :]
+    allowed[n_vis:, :n_vis] = text_visible(layout, compressor).repeat(n_frames)[None, :]
     allowed[n_vis:, n_vis:] = True
     return allowed & causal
-
-
-def _check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mask mode {mode!r}: expected one of {MODES}")
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -85,9 +65,9 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def voco_mask(layout: VocoLayout, n_frames: int, text_len: int, dtype: torch.dtype,
-              mode: str = "voco") -> torch.Tensor:
+              compressor: str | Compressor = "voco") -> torch.Tensor:
     """The 4D float attention mask for `n_frames` frames followed by `text_len` text tokens."""
-    return additive_mask(voco_allowed(layout, n_frames, text_len, mode), dtype)
+    return additive_mask(voco_allowed(layout, n_frames, text_len, compressor), dtype)
 
 
 def voco_positions(layout: VocoLayout, n_frames: int, text_len: int) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Speed and memory measurements on random weights of named architectures (`vococli bench`)."""

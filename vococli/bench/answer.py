@@ -34,7 +34,7 @@ def random_cache(model: VocoModel, frames: int, seed: int = 0) -> VideoCache:
     g = torch.Generator(device=model.device).manual_seed(seed)
     keys = torch.randn(shape, generator=g, device=model.device, dtype=model.dtype).cpu()
     values = torch.randn(shape, generator=g, device=model.device, dtype=model.dtype).cpu()
-    return VideoCache(keys=keys, values=values, timestamps=np.arange(frames, dtype=float), meta={})
+    return VideoCache(keys=keys, values=values, timestamps=np.arange(frames, dtype=float))
 
 
 def answer_once(session: Session, ids: list[int], n_tokens: int) -> tuple[float, float]:

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 import torch._dynamo
 
-from vococli.families.presets import answering_model, random_model
+from vococli.families.loading import answering_model
+from vococli.families.presets import random_model
 from vococli.bench.answer import long_caches, table7
 from vococli.bench.timing import BenchConfig, PeakMemory, gib, module_bytes, sync, timed
 from vococli.families.base import VocoModel
@@ -58,7 +59,7 @@ def ceilings(cfg: BenchConfig) -> dict:
 def vision_flops(model: VocoModel) -> float:
     vc = model.llava.config.vision_config
     n = (vc.image_size // vc.patch_size) ** 2 + 1
-    per_token = sum(p.numel() for p in model.llava.model.vision_tower.parameters())
+    per_token = sum(p.numel() for p in model.family.vision_tower(model).parameters())
     per_token += sum(p.numel() for p in model.llava.model.multi_modal_projector.parameters())
     attn = 4 * vc.num_hidden_layers * n * n * vc.hidden_size
     return 2 * per_token * n + attn
@@ -161,7 +162,8 @@ def decode_only(video: Path, batch: int, pin: bool) -> dict:
     """Decoding a video's 1-fps frames as `compress` does (background thread, pinned batches on
     CUDA), with no model: the rate compress cannot exceed whatever the GPU does."""
     from vococli.video.feed import Prefetcher, frames_tensor
-    from vococli.video.reader import Sampling, VideoReader, plan_frames
+    from vococli.video.reader import VideoReader
+    from vococli.video.sampling import Sampling, plan_frames
 
     t0 = time.perf_counter()
     reader = VideoReader(video)
@@ -179,7 +181,7 @@ def end_to_end(cfg: BenchConfig, model: VocoModel) -> dict:
     second time with stage 1 compiled."""
     from vococli.compress.pipeline import CHUNK_FRAMES, compress_video
     from vococli.video.feed import auto_batch_size
-    from vococli.video.reader import Sampling
+    from vococli.video.sampling import Sampling
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -237,7 +239,7 @@ def run_bench(cfg: BenchConfig, report: Callable[[str, object], None] = lambda k
     model = random_model(cfg.preset, cfg.device, cfg.dtype, cfg.voco_tokens)
     result["model"] = {"build_s": round(time.perf_counter() - t0, 1), "frame_tokens": model.layout.frame_len,
                        "llm_gib": gib(module_bytes(model.language_model) + module_bytes(model.lm.lm_head)),
-                       "vision_gib": gib(module_bytes(model.llava.model.vision_tower))}
+                       "vision_gib": gib(module_bytes(model.family.vision_tower(model)))}
     report("model", result["model"])
     batch = cfg.batch_size or auto_batch_size(model)
     if {"vision", "stage1"} & set(cfg.sections):
@@ -255,7 +257,7 @@ def run_bench(cfg: BenchConfig, report: Callable[[str, object], None] = lambda k
             except Exception as e:
                 result[f"{weights}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
         if cfg.device.type == "cuda":  # the vision tower is not needed to answer
-            model.llava.model.vision_tower.to("meta")
+            model.family.vision_tower(model).to("meta")
             torch.cuda.empty_cache()
         result["long"] = []  # filled row by row, so a run cut short keeps what it measured
         section("long", lambda: long_caches(cfg, models, ceil.get("copy_gb_s"), result["long"],

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from vococli.errors import UserError
+from vococli.choices import Storage, check, options
 
-STORAGES = ("auto", "int8")  # auto: the model's dtype
+STORAGES = options(Storage)  # auto: the model's dtype
 
 
 def check_storage(cache_dtype: str) -> str:
-    if cache_dtype not in STORAGES:
-        raise UserError(f"--cache-dtype {cache_dtype!r}: choose one of {', '.join(STORAGES)}")
-    return cache_dtype
+    return check(cache_dtype, Storage, "cache_dtype")
 
 
 def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from vococli.cache.meta import CacheMeta
 from vococli.errors import UserError
 from vococli.cache.int8 import dequantize_int8
 from vococli.layout import text_start
 from vococli.families.base import VocoModel
-from vococli.families.rope import rotate_keys
 
 
 @dataclass
@@ -27,7 +27,7 @@ class VideoCache:
     keys: torch.Tensor  # (L, T, Hkv, K, D)
     values: torch.Tensor  # (L, T, Hkv, K, D)
     timestamps: np.ndarray  # (T,)
-    meta: dict
+    meta: CacheMeta | None = None  # what the cache file says of itself (None for caches made in memory)
     # with 8-bit storage: keys/values are int8 and these float32 scales are (L, T, Hkv, K, 1)
     key_scales: torch.Tensor | None = None
     value_scales: torch.Tensor | None = None
@@ -65,7 +65,7 @@ class VideoCache:
         n_layers, t, h, _, d = self.keys.shape
         for i in range(n_layers):
             ki, vi = self._layer(i, dev)
-            ki = rotate_keys(ki, shift, model.language_model.rotary_emb)
+            ki = model.family.shift_keys(model, ki, shift)
             # (T, Hkv, K, D) -> (1, Hkv, T*K, D): frame-major along the sequence axis
             ki = ki.to(dt).permute(1, 0, 2, 3).reshape(1, h, t * k, d)
             vi = vi.to(dt).permute(1, 0, 2, 3).reshape(1, h, t * k, d)

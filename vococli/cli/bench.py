@@ -51,7 +51,7 @@ def bench_command(
     from vococli.families.presets import ARCH_NAMES
     from vococli.bench.run import BenchConfig, run_bench
     from vococli.bench.timing import SECTIONS
-    from vococli.families.base import resolve_device, resolve_dtype
+    from vococli.families.loading import resolve_device, resolve_dtype
 
     if preset not in ARCH_NAMES:
         raise UserError(f"--preset {preset!r}: choose one of {', '.join(ARCH_NAMES)}")

@@ -37,7 +37,7 @@ def check_decode_device(decode: str, device: str) -> None:
     """Refuse an unknown --decode path, or a CUDA-only one without CUDA, before any model is loaded."""
     from vococli.errors import UserError
     from vococli.answer.static import check_decode
-    from vococli.families.base import resolve_device
+    from vococli.families.loading import resolve_device
 
     check_decode(decode)
     dev = resolve_device(device)

@@ -59,11 +59,11 @@ def eval_command(
     Rerunning the same command skips the questions already answered.
     """
     from vococli.eval.run import DEFAULT_SUFFIX, EvalConfig, check_run_folder, run_eval
-    from vococli.families.presets import answering_model
-    from vococli.families.base import load_model, resolve_device, resolve_dtype
+    from vococli.families.loading import answering_model
+    from vococli.families.loading import load_model, resolve_device, resolve_dtype
     from vococli.eval.formats import read_questions
     from vococli.families.quantize import check_int4_target
-    from vococli.video.reader import Sampling
+    from vococli.video.sampling import Sampling
 
     from vococli.cache.int8 import check_storage
 

@@ -90,7 +90,8 @@ def train(
     Curriculum that works from scratch: train with --mask causal first, then continue
     with --from that checkpoint and the VoCo mask.
     """
-    from vococli.train.loop import TrainConfig, train as run_training
+    from vococli.train.config import TrainConfig
+    from vococli.train.loop import train as run_training
 
     given = given_settings(ctx)
     if {"steps", "epochs"} <= given:

@@ -16,16 +16,18 @@ from typing import Callable
 
 import torch
 
-from vococli.cache.chunks import CacheWriter, ChunkQueue, video_identity
+from vococli.cache.meta import CacheMeta, video_identity
+from vococli.cache.writer import CacheWriter, ChunkQueue
 from vococli.errors import UserError
 from vococli.video.feed import Backoff, Prefetcher, auto_batch_size, frames_tensor
 from vococli.cache.int8 import check_storage
 from vococli.families.base import VocoModel
+from vococli.families.loading import DTYPE_NAMES
 from vococli.compress.pixels import to_pixels
 from vococli.compress.stage1 import compiled_layers, compress_pixels, supports_compiled_layers
-from vococli.video.reader import Sampling, VideoReader, plan_frames
+from vococli.video.reader import VideoReader
+from vococli.video.sampling import Sampling, plan_frames
 
-DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 CHUNK_FRAMES = 128  # frames per cache chunk, the unit of resuming
@@ -61,7 +63,8 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
                    sampling: Sampling = Sampling(), batch_size: int | None = None, chunk_frames: int = CHUNK_FRAMES,
                    overwrite: bool = False, cache_dtype: str = "auto",
                    progress: Callable[[int, int], None] | None = None,
-                   notice: Callable[[str], None] = print, compile: bool = False) -> CompressResult:
+                   notice: Callable[[str], None] = print, compile: bool = False,
+                   video_backend: str = "auto") -> CompressResult:
     """Compress `video` into a .voco cache folder with `model` (which must include the vision tower).
 
     `progress(done, total)` is called after every batch with counts of planned frames.
@@ -69,6 +72,7 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
     GPU memory is redone in halves. `cache_dtype` "int8" stores keys/values in 8 bits (kv_quant.py);
     "auto" stores them in the model's dtype. `compile` runs stage 1's full layers through
     torch.compile (stage1.compiled_layers; compiled on the first batch and on each new batch size).
+    `video_backend` names the decoder (vococli.video.backends); "auto" tries each in turn.
     """
     if model.llava is None:
         raise UserError("compress needs the full model with its vision tower")
@@ -84,16 +88,15 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
     t_start = time.perf_counter()
     video = Path(video)
     out = Path(out) if out is not None else default_output(video)
-    reader = VideoReader(video)
+    reader = VideoReader(video, video_backend)
     plan = plan_frames(reader.timestamps, sampling)
     lay = model.layout
-    meta = {
-        "model_fingerprint": model.fingerprint, "model_path": model.path, "k": lay.k, "c0": lay.c0,
-        "n_image": lay.n_image, "dtype": DTYPE_NAMES[model.dtype],
-        "storage": DTYPE_NAMES[model.dtype] if cache_dtype == "auto" else cache_dtype, "video": video_identity(video),
-        "sampling": sampling.to_dict(), "planned_frames": int(len(plan)), "backend": reader.backend,
-        "video_duration_s": round(reader.duration, 6),
-    }
+    meta = CacheMeta(
+        model_fingerprint=model.fingerprint, model_path=model.path, k=lay.k, c0=lay.c0, n_image=lay.n_image,
+        dtype=DTYPE_NAMES[model.dtype], storage=DTYPE_NAMES[model.dtype] if cache_dtype == "auto" else cache_dtype,
+        video=video_identity(video), sampling=sampling.to_dict(), planned_frames=int(len(plan)),
+        backend=reader.backend, video_duration_s=round(reader.duration, 6), family=model.family.name,
+        compressor="voco")
     with CacheWriter(out, meta, overwrite=overwrite) as writer:  # locks the folder until the end
         total = len(plan)
         if writer.finished:

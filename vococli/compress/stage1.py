@@ -17,20 +17,14 @@ from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import rotate_half
 
 from vococli.compiling import allow_recompiles
+from vococli.compressors import Compressor, get_compressor
 from vococli.layout import additive_mask, frame_allowed, text_visible
 from vococli.families.base import VocoModel
 
 
 def image_features(model: VocoModel, pixels: torch.Tensor) -> torch.Tensor:
-    """(B, 3, S, S) -> (B, n_image, hidden): vision tower (layer -2, patch tokens) + projector."""
-    cfg = model.llava.config
-    out = model.llava.model.get_image_features(
-        pixel_values=pixels,
-        vision_feature_layer=cfg.vision_feature_layer,
-        vision_feature_select_strategy=cfg.vision_feature_select_strategy,
-    )
-    feats = out.pooler_output if hasattr(out, "pooler_output") else out
-    return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
+    """(B, 3, S, S) -> (B, n_image, hidden): the family's vision tower and projector."""
+    return model.family.image_features(model, pixels)
 
 
 def frame_embeddings(model: VocoModel, feats: torch.Tensor) -> torch.Tensor:
@@ -46,31 +40,27 @@ def frame_embeddings(model: VocoModel, feats: torch.Tensor) -> torch.Tensor:
 
 
 def prefill_frames(model: VocoModel, embeds: torch.Tensor, shift: torch.Tensor,
-                   mode: str = "voco") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                   compressor: str | Compressor = "voco") -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Prefill frame sequences (F, frame_len, H), frame i at positions `arange(frame_len) + shift[i]`,
-    with the in-frame mask of `mode`; returns per layer the keys and values (F, Hkv, m, D) of the
-    m tokens text may see (the K VoCo slots for voco/avgpool, every token for causal)."""
+    with the compressor's in-frame mask; returns per layer the keys and values (F, Hkv, m, D) of
+    the m tokens text may see (the K slots for voco/avgpool, every token for full)."""
     lay = model.layout
     n, fl, _ = embeds.shape
     dev = embeds.device
     positions = torch.arange(fl, device=dev)[None, :] + shift.to(dev)[:, None]  # (F, fl)
-    mask = additive_mask(frame_allowed(lay, mode), embeds.dtype).to(dev).expand(n, 1, fl, fl)
+    mask = additive_mask(frame_allowed(lay, compressor), embeds.dtype).to(dev).expand(n, 1, fl, fl)
     cache = DynamicCache(config=model.text_config)
     model.language_model(inputs_embeds=embeds, position_ids=positions, attention_mask=mask,
                          cache=cache, use_cache=True)
-    keep = text_visible(lay, mode).to(dev)
+    keep = text_visible(lay, compressor).to(dev)
     return [layer.keys[:, :, keep] for layer in cache.layers], [layer.values[:, :, keep] for layer in cache.layers]
 
 
 def _supports_projection_capture(model: VocoModel) -> bool:
     """The fast path recomputes keys/values from each layer's input with its input norm and k/v
-    projections (true for LLaMA layers) and relies on the in-frame mask being plain causal."""
-    layer = model.language_model.layers[0]
-    attn = layer.self_attn
-    lay = model.layout
-    causal = torch.equal(frame_allowed(lay, "voco"), torch.ones(lay.frame_len, lay.frame_len, dtype=torch.bool).tril())
-    return (type(attn).__name__ == "LlamaAttention" and causal and hasattr(layer, "input_layernorm")
-            and all(hasattr(attn, a) for a in ("k_proj", "v_proj", "head_dim")))
+    projections (a capability the family declares) and relies on the in-frame mask being plain
+    causal."""
+    return model.family.stage1_fast_path and get_compressor("voco").plain_causal(model.layout)
 
 
 def _rotate(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,37 @@
+"""Compressors by name: what a frame keeps for answering (compressors/base.py).
+
+`voco` is the method; `full` (every frame token kept: the upper bound) and `avgpool` are the
+baselines training compares it with. Adding one is one module with a `Compressor` subclass and
+one line in `COMPRESSORS` (docs/architecture.md). A checkpoint records the compressor it was
+trained with (`voco_compressor` in its config), a cache the one that made it.
+"""
+
+from __future__ import annotations
+
+from vococli.compressors.avgpool import AvgPool
+from vococli.compressors.base import Compressor
+from vococli.compressors.full import Full
+from vococli.compressors.voco import Voco
+from vococli.errors import UserError
+
+COMPRESSORS: dict[str, Compressor] = {c.name: c for c in (Voco(), Full(), AvgPool())}
+DEFAULT_COMPRESSOR = "voco"
+
+
+def compressor_names() -> list[str]:
+    return list(COMPRESSORS)
+
+
+def get_compressor(name: str | Compressor) -> Compressor:
+    """The compressor called `name` (a Compressor is returned as it is)."""
+    if isinstance(name, Compressor):
+        return name
+    if name not in COMPRESSORS:
+        raise UserError(f"compressor {name!r}: choose one of {', '.join(COMPRESSORS)}")
+    return COMPRESSORS[name]
+
+
+def register_compressor(compressor: Compressor) -> Compressor:
+    """Make `compressor` known by its name (what a new compressor module's registry line does)."""
+    COMPRESSORS[compressor.name] = compressor
+    return compressor

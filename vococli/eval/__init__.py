@@ -1,0 +1,1 @@
+"""Benchmark scoring: annotation formats, resumable answering runs, their records, judges, scores."""

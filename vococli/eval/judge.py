@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-JUDGES = ("exact", "contains", "llm")
+from vococli.choices import JudgeName, options
+JUDGES = options(JudgeName)
 PROMPT_VERSION = 1  # part of the cache key: a changed prompt is a new judgement
 SYSTEM_PROMPT = (
     "You grade answers to questions about videos. Decide whether a predicted answer means the same "

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,26 +23,19 @@ from typing import Callable
 
 import torch
 
+from vococli.answer.opening import open_for_answering
 from vococli.answer.session import GenerationConfig, prompt_length
-from vococli.cache.chunks import load_cache, video_identity
-from vococli.compress.pipeline import DTYPE_NAMES, compress_video
+from vococli.cache.meta import video_identity
+from vococli.compress.pipeline import compress_video
+from vococli.families.loading import DTYPE_NAMES
 from vococli.errors import UserError, check_output_folder
-from vococli.answer.static import open_session, resolve_decode
+from vococli.eval.record import RUN_FILE, check_same_run, run_record
 from vococli.families.base import VocoModel
-from vococli.eval.formats import SHORT_ANSWER_SUFFIX, QAItem, find_video, file_sha256
-from vococli.video.reader import Sampling
-from vococli.cache.kv import fit_to_context
+from vococli.eval.formats import SHORT_ANSWER_SUFFIX, QAItem, find_video
+from vococli.video.sampling import Sampling
 
-RUN_FORMAT = "vococli-eval-run"
-RUN_VERSION = 1
 PREDICTIONS = "predictions.jsonl"
-RUN_FILE = "run.json"
 DEFAULT_SUFFIX = SHORT_ANSWER_SUFFIX
-# run.json fields that must match for a rerun to continue the same predictions file
-SAME_RUN_KEYS = ("dataset", "annotations", "model_fingerprint", "k", "dtype", "sampling", "cache_dtype",
-                 "answer_weights", "prompt", "generation")
-
-
 @dataclass(frozen=True)
 class EvalConfig:
     dataset: str
@@ -73,77 +65,6 @@ class EvalSummary:
     videos: int  # videos whose questions this run answered (or failed)
     frames_compressed: int  # frames this run compressed (0 when every cache already existed)
     seconds: float
-
-
-def versions(weights: str = "full") -> dict:
-    """What the answers depend on, with the library of the 4-bit weights when there are any."""
-    from importlib.metadata import version
-
-    import numpy
-    import torch
-    import transformers
-
-    from vococli import __version__
-
-    out = {"vococli": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "transformers": transformers.__version__, "numpy": numpy.__version__}
-    library = {"nf4": "bitsandbytes", "int4": "torchao"}.get(weights)
-    if library:
-        out[library] = version(library)
-    return out
-
-
-def run_record(model: VocoModel, cfg: EvalConfig, annotations: list[Path], fmt: str,
-               answerer: VocoModel | None = None) -> dict:
-    template = model.tokenizer.chat_template or ""
-    return {
-        "format": RUN_FORMAT, "format_version": RUN_VERSION, "dataset": cfg.dataset, "annotation_format": fmt,
-        "annotations": [{"file": str(p), "sha256": file_sha256(p)} for p in annotations],
-        "model_path": str(model.path), "model_fingerprint": model.fingerprint, "k": model.layout.k,
-        "dtype": DTYPE_NAMES[model.dtype], "device": str(model.device),
-        "sampling": cfg.sampling.to_dict(), "cache_dtype": cfg.cache_dtype,
-        "answer_weights": (answerer or model).weights,
-        "decode": resolve_decode(answerer or model, cfg.decode),  # recorded; paths agree up to rounding
-        "prompt": {"suffix": cfg.suffix, "chat_template": template,
-                   "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()},
-        "generation": {"max_new_tokens": cfg.max_new_tokens, "temperature": 0.0, "decoding": "greedy"},
-        "versions": versions((answerer or model).weights), "videos": str(cfg.videos), "cache_dir": str(cfg.caches),
-    }
-
-
-def check_same_run(run_file: Path, record: dict) -> None:
-    """Refuse to append to a predictions file made with other settings."""
-    try:
-        old = json.loads(run_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{run_file}: unreadable run record ({e}); choose a new --out") from None
-    changed = [k for k in SAME_RUN_KEYS if _comparable(old.get(k), k) != _comparable(record.get(k), k)]
-    if changed:
-        def what(k):  # "answer_weights (nf4 there, int4 now)", "sampling max_frames (None there, 8 now)"
-            a, b = _comparable(old.get(k), k), _comparable(record.get(k), k)
-            if isinstance(a, dict) and isinstance(b, dict):
-                fields = [f for f in {**a, **b} if f not in a or f not in b or a[f] != b[f]]
-                return f"{k} " + ", ".join(_difference(f, a.get(f), b.get(f)) for f in fields)
-            return _difference(k, a, b)
-
-        raise UserError(f"{run_file.parent}: holds a run with different {', '.join(map(what, changed))}; "
-                        "choose a new --out to keep both")
-
-
-def _difference(name: str, there, now) -> str:
-    """`name (A there, B now)` when both values are short enough to print, else just `name`."""
-    short = all(v is None or (isinstance(v, (str, int, float)) and 0 < len(str(v)) <= 24) for v in (there, now))
-    return f"{name} ({there} there, {now} now)" if short else name
-
-
-def _comparable(value, key: str):
-    if key == "annotations" and isinstance(value, list):
-        return sorted(a.get("sha256") for a in value)  # the same files moved elsewhere are the same run
-    if key == "cache_dtype" and value is None:
-        return "auto"  # run records written before the option existed
-    if key == "answer_weights" and value is None:
-        return "full"
-    return value
 
 
 def read_predictions(path: Path, repair: bool = False, raw: bytes | None = None) -> list[dict]:
@@ -257,12 +178,12 @@ def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations
             try:
                 path = find_video(cfg.videos, name, cfg.dataset)
                 tc = time.perf_counter()
-                video, computed = _compressed(model, path, cfg)
+                cache, computed = _compressed(model, path, cfg)
                 summary.frames_compressed += computed
                 base["compress_s"] = round(time.perf_counter() - tc, 3)
                 reserve = max(prompt_length(model, q.question + cfg.suffix) for q in questions) + cfg.max_new_tokens
-                video = fit_to_context(model, video, reserve, subsample=True, notice=notice)
-                base["frames"] = video.n_frames
+                session = open_for_answering(cache, answerer, reserve, cfg.decode, subsample=True, notice=notice)
+                base["frames"] = session.video.n_frames
             except (UserError, OSError, RuntimeError, ValueError) as e:  # this video is unusable; go on
                 if not isinstance(e, UserError):
                     e = f"{name}: {type(e).__name__}: {e}"
@@ -273,7 +194,6 @@ def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations
                     if on_item:
                         on_item(n_done0 + summary.answered + summary.errors, len(items))
                 continue
-            session = open_session(answerer, video, cfg.decode)
             for q in questions:
                 session.reset()
                 ans = session.ask(q.question + cfg.suffix, gen)
@@ -291,11 +211,11 @@ def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations
     return summary
 
 
-def _compressed(model: VocoModel, path: Path, cfg: EvalConfig):
-    """The video's cache from the cache folder, compressing (or finishing) it first when needed;
-    also the number of frames compressed now."""
+def _compressed(model: VocoModel, path: Path, cfg: EvalConfig) -> tuple[Path, int]:
+    """The video's cache folder, compressed (or finished) first when needed; also the number of
+    frames compressed now."""
     cfg.caches.mkdir(parents=True, exist_ok=True)
     cache = cfg.caches / f"{path.stem}-{cache_key(path, model, cfg.sampling, cfg.cache_dtype)}.voco"
     res = compress_video(model, path, cache, cfg.sampling, batch_size=cfg.batch_size, cache_dtype=cfg.cache_dtype,
                          notice=lambda s: None)
-    return load_cache(cache, fingerprint=model.fingerprint), res.computed
+    return cache, res.computed

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from vococli.choices import JudgeName, check
 from vococli.errors import UserError
-from vococli.eval.run import PREDICTIONS, RUN_FILE, read_predictions
-from vococli.eval.judge import JUDGES, JudgeConfig, JudgementCache, LLMJudge, contains_match, exact_match
+from vococli.eval.record import RUN_FILE
+from vococli.eval.run import PREDICTIONS, read_predictions
+from vococli.eval.judge import JudgeConfig, JudgementCache, LLMJudge, contains_match, exact_match
 
 SCORES_FILE = "scores.json"
 JUDGEMENTS_FILE = "judgements.jsonl"
@@ -86,8 +88,7 @@ def latest_rows(run: Path) -> tuple[list[dict], str]:
 def score_run(run: Path, judge: str, judge_cfg: JudgeConfig | None = None,
               on_progress: Callable[[int, int], None] | None = None) -> RunScores:
     """Score `run` with `judge` and write scores.json and the per-type chart."""
-    if judge not in JUDGES:
-        raise UserError(f"unknown --judge {judge!r}; choose one of {', '.join(JUDGES)}")
+    check(judge, JudgeName, "judge")
     rows, digest = latest_rows(run)
     scored = [r for r in rows if "pred" in r]
     res = RunScores(judge, predictions_sha256=digest)

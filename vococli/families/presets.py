@@ -15,8 +15,9 @@ import torch
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
 from vococli.errors import UserError
+from vococli.families import family_for_config
 from vococli.families.base import IMAGE_TOKEN, ImageSpec, VocoModel, read_layout
-from vococli.families.quantize import quantize_decoder
+from vococli.families.llava_llama import CLIP_MEAN, CLIP_STD
 from vococli.families.tiny import PRESETS as TINY_PRESETS
 from vococli.families.tiny import build_tokenizer, tiny_llava_config
 
@@ -73,7 +74,7 @@ def arch_config(arch: Arch, tokenizer) -> LlavaConfig:
     return config
 
 
-def _preset(name: str):
+def preset_config(name: str):
     """The tokenizer and LlavaConfig of architecture `name`."""
     if name not in ARCH_NAMES:
         raise UserError(f"--preset {name!r}: choose one of {', '.join(ARCH_NAMES)}")
@@ -107,7 +108,7 @@ def random_model(name: str, device: torch.device, dtype: torch.dtype, voco_token
                  seed: int = 0) -> VocoModel:
     """A VocoModel of architecture `name` with random weights, created directly on `device`. Refused
     at once when its weights alone would not fit the device's free memory."""
-    tokenizer, config = _preset(name)
+    tokenizer, config = preset_config(name)
     need, free = weights_bytes(config, dtype), free_bytes(torch.device(device))
     if free is not None and need > free:
         raise UserError(f"--preset {name}: its weights alone take {need / 2**30:.1f} GiB in {str(dtype)[6:]}, "
@@ -121,25 +122,8 @@ def random_model(name: str, device: torch.device, dtype: torch.dtype, voco_token
     finally:
         torch.set_default_dtype(previous)
     layout = read_layout(config, tokenizer, voco_tokens)
-    size = int(config.vision_config.image_size)
-    image = ImageSpec(size=size, mean=(0.48145466, 0.4578275, 0.40821073), std=(0.26862954, 0.26130258, 0.27577711))
+    family = family_for_config(config, f"--preset {name}")
+    image = ImageSpec(size=int(config.vision_config.image_size), mean=CLIP_MEAN, std=CLIP_STD)
     return VocoModel(lm=llava, llava=llava, tokenizer=tokenizer, layout=layout, image=image,
                      fingerprint=f"random-{name}-{seed}", path=f"<random {name}>", device=torch.device(device),
-                     dtype=dtype)
-
-
-def answering_model(model: VocoModel, weights: str = "full") -> VocoModel:
-    """The language-model-only view of a loaded model that answering uses; with `weights` "nf4" or
-    "int4", a copy whose decoder Linear weights are 4-bit, as `load_model(..., weights=...)` gives."""
-    from dataclasses import replace
-
-    from transformers import LlamaForCausalLM
-
-    text_cfg = model.text_config
-    with torch.device("meta"):
-        lm = LlamaForCausalLM(text_cfg)
-    lm.model = model.language_model
-    lm.lm_head = model.lm.lm_head
-    lm.eval()
-    lm = quantize_decoder(lm, weights, model.dtype)
-    return replace(model, lm=lm, llava=None, weights=weights)
+                     dtype=dtype, family=family)

@@ -18,15 +18,14 @@ import warnings
 
 import torch
 
+from vococli.choices import Weights, check, options
 from vococli.errors import UserError
 from vococli.quiet import quiet_library_imports
 
-WEIGHTS = ("full", "nf4", "int4")
+WEIGHTS = options(Weights)
 INT4_GROUP_SIZES = (128, 64, 32)  # the first that divides a layer's input size is used
 def check_weights(weights: str) -> str:
-    if weights not in WEIGHTS:
-        raise UserError(f"--weights {weights!r}: choose one of {', '.join(WEIGHTS)}")
-    return weights
+    return check(weights, Weights, "weights")
 
 
 def quantize_decoder(lm: torch.nn.Module, weights: str, dtype: torch.dtype,

@@ -1,0 +1,1 @@
+"""The synthetic video world whose answers are exact: scenes, clips and their questions."""

@@ -24,7 +24,8 @@ from vococli.answer.session import render_prompt
 from vococli.errors import UserError
 from vococli.families.base import ImageSpec, VocoModel
 from vococli.compress.pixels import to_pixels
-from vococli.video.reader import Sampling, VideoReader, plan_frames
+from vococli.video.reader import VideoReader
+from vococli.video.sampling import Sampling, plan_frames
 from vococli.train.forward import IGNORE
 
 PLACEHOLDERS = ("<video>", "<image>")

@@ -30,7 +30,7 @@ import torch
 
 from vococli.errors import UserError
 from vococli.synth.clips import SynthConfig, synthesize
-from vococli.train.loop import TRAINER_DIR
+from vococli.train.checkpoint import TRAINER_DIR
 
 
 @dataclass(frozen=True)
@@ -170,9 +170,9 @@ def evaluate(cfg: Table1Config, notice, only: set[str] | None = None) -> dict:
     `only` restricts scoring to some rows (upper, lower, voco_k1, ...), e.g. while others train."""
     import warnings
 
-    from vococli.families.base import load_model
+    from vococli.families.loading import load_model
     from vococli.train.qa_score import score_qa
-    from vococli.train.loop import load_compressor
+    from vococli.train.checkpoint import load_compressor
     from vococli.cache.kv import max_frames_that_fit
 
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -180,16 +180,16 @@ def evaluate(cfg: Table1Config, notice, only: set[str] | None = None) -> dict:
     cache_file = root / "eval.json"
     results = json.loads(cache_file.read_text()) if cache_file.exists() else {}
     rows = {name: (name, "voco") for name in STAGE_RUNS}
-    rows["upper"] = ("upper", "causal")
+    rows["upper"] = ("upper", "full")
     rows["lower"] = ("upper", "voco")
     rows["avgpool_k1"] = ("avgpool_k1", "avgpool")
     sets = ["eval_frame", "eval_temporal"] + [f"needle_{s}" for s, _ in cfg.needle_eval]
     specs = {name: _as_json(sc) for name, sc in data_sets(cfg).items()}  # what each set holds
-    for row, (run, mode) in rows.items():
+    for row, (run, compressor) in rows.items():
         if only is not None and row not in only:
             continue
         m = load_model(root / "runs" / run, device="cpu", dtype="float32", allow_baseline=True)
-        comp = load_compressor(root / "runs" / run, m)
+        module = load_compressor(root / "runs" / run, m)
         for s in sets:
             key = f"{row}/{s}"
             data = specs[s]
@@ -199,7 +199,7 @@ def evaluate(cfg: Table1Config, notice, only: set[str] | None = None) -> dict:
             fits = max_frames_that_fit(m, 64)  # room for the prompt and the answer
             cap = fits if seconds and seconds >= fits else None
             t0 = time.perf_counter()
-            sc = score_qa(m, root / "data" / s, mode=mode, compressor=comp, max_frames=cap,
+            sc = score_qa(m, root / "data" / s, compressor=compressor, module=module, max_frames=cap,
                           videos_per_batch=1 if seconds > 100 else 16)
             results[key] = {**sc.to_dict(), "frames_cap": cap, "seconds": round(time.perf_counter() - t0, 1),
                             "model_fingerprint": m.fingerprint, "data": data}

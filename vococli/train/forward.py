@@ -7,10 +7,10 @@ each text after its video's kept keys/values, at positions from `c0 + T*K` on. T
 temporal layout of `layout.py`, computed frame by frame instead of in one long sequence: a test
 checks it equals one forward with the block mask of `layout.voco_mask`.
 
-Modes (`layout.MODES`): `voco` (text sees only the VoCo tokens), `causal` (text sees every
-frame token: the upper bound, and the first stage of the training curriculum) and `avgpool`
-(the K slots hold the image features average-pooled to K tokens and passed through a linear
-layer; the "Avg. Pool + Linear" baseline).
+The compressor (vococli.compressors) decides the in-frame mask, what the K slots hold and which
+frame tokens the text sees: `voco` (only the VoCo tokens), `full` (every frame token: the upper
+bound, and the first stage of the training curriculum) or `avgpool` (pooled image features
+through a linear layer; the "Avg. Pool + Linear" baseline, whose layer is `module`).
 """
 
 from __future__ import annotations
@@ -21,27 +21,12 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from vococli.compressors import Compressor, get_compressor
 from vococli.layout import additive_mask, text_start
 from vococli.families.base import VocoModel
 from vococli.compress.stage1 import frame_embeddings, image_features, prefill_frames
 
 IGNORE = -100  # target of positions that are not supervised
-
-
-class AvgPoolCompressor(torch.nn.Module):
-    """Average the image tokens down to K tokens, then a linear layer (the paper's baseline)."""
-
-    def __init__(self, hidden: int, k: int):
-        super().__init__()
-        self.k = k
-        self.proj = torch.nn.Linear(hidden, hidden)
-        torch.nn.init.eye_(self.proj.weight)
-        torch.nn.init.zeros_(self.proj.bias)
-
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        """(F, n_image, H) -> (F, K, H)."""
-        pooled = F.adaptive_avg_pool1d(feats.transpose(1, 2), self.k).transpose(1, 2)
-        return self.proj(pooled)
 
 
 @dataclass
@@ -54,21 +39,19 @@ class FrameState:
     n_frames: torch.Tensor  # (V,) frames per video
 
 
-def encode_frames(model: VocoModel, pixels: torch.Tensor, n_frames: list[int], mode: str = "voco",
-                  compressor: AvgPoolCompressor | None = None) -> FrameState:
+def encode_frames(model: VocoModel, pixels: torch.Tensor, n_frames: list[int],
+                  compressor: str | Compressor = "voco", module: torch.nn.Module | None = None) -> FrameState:
     """Stage 1 for the frames of V videos, stacked in order: pixels (sum(n_frames), 3, S, S)."""
     lay = model.layout
     dev = pixels.device
     counts = torch.tensor(n_frames, device=dev)
     feats = image_features(model, pixels)  # (F, n_image, H)
     embeds = frame_embeddings(model, feats)  # (F, frame_len, H)
-    if mode == "avgpool":
-        if compressor is None:
-            raise ValueError("mode avgpool needs the compressor")
-        embeds = torch.cat([embeds[:, :lay.c0], compressor(feats).to(embeds.dtype)], dim=1)
+    compressor = get_compressor(compressor)
+    embeds = compressor.slot_embeddings(embeds, feats, lay, module)
     # frame t of its video sits at arange(frame_len) + t*K
     t_in_video = torch.arange(embeds.shape[0], device=dev) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-    keys, values = prefill_frames(model, embeds, lay.k * t_in_video, mode)
+    keys, values = prefill_frames(model, embeds, lay.k * t_in_video, compressor)
     return FrameState(keys=keys, values=values, first_frame=counts.cumsum(0) - counts, n_frames=counts)
 
 
@@ -110,7 +93,7 @@ def text_hidden(model: VocoModel, state: FrameState, ids: torch.Tensor, lengths:
 
 
 def lm_head(model: VocoModel) -> torch.nn.Module:
-    return model.lm.lm_head
+    return model.lm.get_output_embeddings()
 
 
 def answer_loss(model: VocoModel, state: FrameState, ids, lengths, video, targets) -> torch.Tensor:

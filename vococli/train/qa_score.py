@@ -22,7 +22,7 @@ from vococli.errors import UserError
 from vococli.eval.judge import normalise
 from vococli.families.base import VocoModel
 from vococli.train.data import FrameStore, MediaItem
-from vococli.video.reader import Sampling
+from vococli.video.sampling import Sampling
 from vococli.train.forward import greedy_answers, encode_frames
 
 
@@ -51,7 +51,7 @@ def read_qa(folder: Path, limit: int | None = None) -> list[dict]:
 
 
 @torch.no_grad()
-def score_qa(model: VocoModel, folder: Path, mode: str = "voco", compressor=None, fps: float = 1.0,
+def score_qa(model: VocoModel, folder: Path, compressor: str = "voco", module=None, fps: float = 1.0,
              max_frames: int | None = None, limit: int | None = None, videos_per_batch: int = 16,
              max_new_tokens: int = 6, progress: Callable[[int, int], None] | None = None) -> QAScore:
     """Greedy exact-match accuracy on `folder/test_qa.json` (overall and per question type)."""
@@ -68,7 +68,7 @@ def score_qa(model: VocoModel, folder: Path, mode: str = "voco", compressor=None
         group = vids[s:s + videos_per_batch]
         pixels = [store.pixels(MediaItem(folder / "videos" / f"{v}.mp4", True)) for v in group]
         state = encode_frames(model, torch.cat(pixels).to(model.device, model.dtype),
-                              [p.shape[0] for p in pixels], mode, compressor)
+                              [p.shape[0] for p in pixels], compressor, module)
         asked = [(i, e) for i, v in enumerate(group) for e in by_video[v]]
         prompts = [tok(render_prompt(model, [{"role": "user", "content": e["question"]}]),
                        add_special_tokens=False)["input_ids"] for _, e in asked]

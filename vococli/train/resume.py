@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from vococli.errors import UserError
 
 if TYPE_CHECKING:
-    from vococli.train.loop import TrainConfig
+    from vococli.train.config import TrainConfig
 
 RESUMABLE = ("steps", "epochs", "save_every", "threads", "device", "keep_frames")  # may change on --resume
 FLAGS = {"checkpoint": "--from"}  # TrainConfig fields whose flag is not --field-name

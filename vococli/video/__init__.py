@@ -1,0 +1,2 @@
+"""Video input: which frames to take (sampling), reading them through a backend (reader, backends/),
+and feeding them to the model in the background (feed)."""

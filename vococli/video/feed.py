@@ -93,7 +93,7 @@ def frame_cost_bytes(model: VocoModel) -> int:
     hidden = fl * cfg.hidden_size * 8
     mlp = fl * cfg.intermediate_size * 3
     scores = cfg.num_attention_heads * fl * fl * 2
-    vis = model.llava.config.vision_config if model.llava is not None else None
+    vis = model.family.vision_config(model)
     vision = 0
     if vis is not None:
         n = (vis.image_size // vis.patch_size) ** 2 + 1

@@ -1,0 +1,156 @@
+"""`vococli ask` and `vococli chat`: questions about a compressed video."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vococli.cli.common import (DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, WeightsOpt, answer_weights,
+                                check_decode_device, err, model_path, out, quiet_transformers)
+from vococli.errors import UserError
+
+
+def _stdout_stream():
+    """An `on_text` callback printing streamed answer text as it comes, without the leading
+    space the first token carries (the finished answer is stripped the same way)."""
+    started = [False]
+
+    def write(text: str) -> None:
+        if not started[0]:
+            text = text.lstrip()
+            started[0] = bool(text)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    return write
+
+
+def _gen_config(max_new_tokens: int, temperature: float, top_p: float, seed: int):
+    from vococli.answer.session import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+
+
+def ask(
+    cache: Path = typer.Argument(..., help="A .voco cache made by `vococli compress`."),
+    question: Optional[str] = typer.Argument(None, help="The question."),
+    questions: list[str] = typer.Option([], "--question", "-q", help="More questions (repeatable), one cache load."),
+    model: Optional[str] = ModelOpt,
+    max_new_tokens: int = typer.Option(128, help="Longest answer in tokens."),
+    temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass (with --temperature)."),
+    seed: int = typer.Option(0, help="Seed for sampling."),
+    stream: bool = typer.Option(False, help="Print answer tokens as they are generated."),
+    weights: Optional[str] = WeightsOpt,
+    load_4bit: bool = Load4bitOpt,
+    subsample: bool = typer.Option(False, help="Use evenly spaced frames when the cache exceeds the context."),
+    decode: str = DecodeOpt,
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print answers and timings as JSON."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print time to first token and tokens/s."),
+):
+    """Answer questions about a compressed video."""
+    from vococli.answer.opening import open_for_answering
+    from vococli.answer.static import resolve_decode
+
+    check_decode_device(decode, device)
+    weights = answer_weights(weights, load_4bit)
+    qs = ([question] if question else []) + list(questions)
+    if not qs:
+        raise UserError("give a question (ask CACHE \"question\" or -q \"question\")")
+    gen = _gen_config(max_new_tokens, temperature, top_p, seed)
+    from vococli.answer.session import prompt_length
+
+    quiet_transformers()
+    session = open_for_answering(cache, model_path(model), device=device, dtype=dtype, weights=weights,
+                                 decode=decode, subsample=subsample, notice=err.print,
+                                 reserve=lambda m: max(prompt_length(m, q) for q in qs) + max_new_tokens)
+    m, video = session.model, session.video
+    path = resolve_decode(m, decode)
+    results = []
+    for q in qs:
+        session.reset()
+        if len(qs) > 1 and not as_json:
+            out.print(f"[bold]Q:[/bold] {q}")
+        if stream and not as_json:
+            ans = session.ask(q, gen, on_text=_stdout_stream())
+            sys.stdout.write("\n")
+        else:
+            ans = session.ask(q, gen)
+            if not as_json:
+                sys.stdout.write(ans.text + "\n")
+        if not ans.text and not as_json:
+            err.print("[dim](the model gave an empty answer)[/dim]")
+        if verbose and not as_json:
+            rate = f"{ans.decode_tokens_per_s:.1f} tokens/s" if len(ans.token_ids) > 1 else "no decode steps"
+            if path == "compiled" and not results:
+                rate += " (this first answer includes compiling the decode step)"
+            err.print(f"[dim]{ans.prompt_tokens} prompt tokens, {len(ans.token_ids)} answer tokens; "
+                      f"time to first token {ans.time_to_first_token_s * 1000:.0f} ms, {rate}[/dim]")
+        results.append(ans.to_dict())
+    if as_json:
+        out.print_json(json.dumps({"cache": str(cache), "frames": video.n_frames, "weights": m.weights,
+                                   "dtype": str(m.dtype).removeprefix("torch."), "device": str(m.device),
+                                   "decode": path, "answers": results}))
+
+
+def chat(
+    cache: Path = typer.Argument(..., help="A .voco cache made by `vococli compress`."),
+    model: Optional[str] = ModelOpt,
+    max_new_tokens: int = typer.Option(128, help="Longest answer per turn in tokens."),
+    temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling mass (with --temperature)."),
+    seed: int = typer.Option(0, help="Seed for sampling."),
+    weights: Optional[str] = WeightsOpt,
+    load_4bit: bool = Load4bitOpt,
+    subsample: bool = typer.Option(False, help="Use evenly spaced frames when the cache exceeds the context."),
+    decode: str = DecodeOpt,
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+):
+    """Talk about a compressed video, turn by turn (earlier turns stay in the key/value state).
+
+    Type a question and press Enter; `/reset` forgets earlier turns; `/quit` or Ctrl-D ends.
+    """
+    from vococli.answer.opening import open_for_answering
+
+    check_decode_device(decode, device)
+    weights = answer_weights(weights, load_4bit)
+    gen = _gen_config(max_new_tokens, temperature, top_p, seed)
+    quiet_transformers()
+    # room for a few turns; a conversation that outgrows it is told to /reset
+    session = open_for_answering(cache, model_path(model), device=device, dtype=dtype, weights=weights,
+                                 decode=decode, subsample=subsample, notice=err.print,
+                                 reserve=512 + max_new_tokens)
+    video = session.video
+    err.print(f"[dim]{video.n_frames} frames loaded. /reset forgets earlier turns, /quit ends.[/dim]")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            sys.stdout.write("\n")
+            return
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/reset":
+            session.reset()
+            err.print("[dim]earlier turns forgotten[/dim]")
+            continue
+        if line.startswith("/"):
+            err.print(f"unknown command {line.split()[0]}: /reset forgets earlier turns, /quit ends", markup=False)
+            continue
+        sys.stdout.write("vococli> ")
+        try:
+            ans = session.ask(line, gen, on_text=_stdout_stream())
+            if not ans.text:
+                sys.stdout.write("(empty answer)")
+        except UserError as e:
+            err.print(f"error: {e}")
+        sys.stdout.write("\n")

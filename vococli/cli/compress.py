@@ -1,0 +1,90 @@
+"""`vococli compress` and `vococli info`: making a cache and showing what it holds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vococli.cli.common import DeviceOpt, DtypeOpt, ModelOpt, Rate, err, model_path, out, progress_bar, quiet_transformers
+from vococli.errors import UserError
+
+
+def compress(
+    video: Path = typer.Argument(..., help="Video file (mp4, mkv, webm, avi, mov ...)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Cache folder (default: VIDEO with .voco)."),
+    model: Optional[str] = ModelOpt,
+    fps: float = typer.Option(1.0, help="Frames sampled per second of video."),
+    max_frames: Optional[int] = typer.Option(None, help="Cap on frames; spreads them evenly when exceeded."),
+    start: float = typer.Option(0.0, help="Start time in seconds."),
+    end: Optional[float] = typer.Option(None, help="End time in seconds (default: end of video)."),
+    voco_tokens: Optional[int] = typer.Option(None, help="VoCo tokens per frame (default: the checkpoint's)."),
+    batch_size: Optional[int] = typer.Option(
+        None, help="Frames per forward pass (default: chosen from free GPU memory; 8 on CPU)."),
+    chunk_frames: int = typer.Option(128, help="Frames per cache chunk (the unit of resuming)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing cache instead of resuming it."),
+    cache_dtype: str = typer.Option("auto", help="Storage of the cached keys/values: auto (the model's dtype) "
+                                    "or int8 (half the size of bf16; accuracy cost in docs/performance.md)."),
+    video_backend: str = typer.Option("auto", help="Video decoder: decord, pyav, or auto (decord, then PyAV for "
+                                      "what decord cannot open or read)."),
+    compile: bool = typer.Option(False, "--compile", help="Run stage 1's layers through torch.compile (compiles "
+                                 "on the first batch; the same keys/values up to rounding)."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Compress a video into a VoCo cache (resumes an interrupted run of the same job)."""
+    from vococli.compress.pipeline import compress_video
+    from vococli.families.loading import load_model
+    from vococli.video.sampling import Sampling
+
+    quiet_transformers()
+    if not video.exists():
+        raise UserError(f"{video}: file not found")
+    m = load_model(model_path(model), device=device, dtype=dtype, voco_tokens=voco_tokens)
+    sampling = Sampling(fps=fps, start=start, end=end, max_frames=max_frames)
+    with progress_bar("compress") as bar:
+        task = bar.add_task("frames", total=None, rate="")
+        rate = Rate(" frames/s", digits=1)
+        res = compress_video(m, video, output, sampling, batch_size=batch_size, chunk_frames=chunk_frames,
+                             overwrite=overwrite, cache_dtype=cache_dtype, compile=compile, video_backend=video_backend,
+                             notice=lambda s: err.print(s),
+                             progress=lambda done, total: bar.update(task, total=total, completed=done,
+                                                                     rate=rate(done)))
+    if as_json:
+        out.print_json(json.dumps(res.to_dict()))
+    elif res.computed:
+        out.print(f"{res.path}: {res.frames} frames, K={m.layout.k}; compressed {res.computed} frames in "
+                  f"{res.seconds:.1f} s ({res.frames_per_s:.1f} frames/s, {res.backend})")
+    else:
+        out.print(f"{res.path}: {res.frames} frames, K={m.layout.k}")
+
+
+def info(
+    cache: Path = typer.Argument(..., help="A .voco cache."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metadata as JSON."),
+):
+    """Show what a cache holds: frames, duration, K, model fingerprint, size."""
+    from vococli.cache.chunks import read_info
+
+    info = read_info(cache)
+    if as_json:
+        out.print_json(json.dumps(info.to_dict()))
+        return
+    meta, v, s = info.meta, info.meta.video, info.meta.sampling
+    rows = [
+        ("video", f"{v['name']} ({v['size']:,} bytes; {meta.video_duration_s:.2f} s from first to last frame)"),
+        ("frames", f"{info.frames} of {meta.planned_frames} planned"
+                   + (f", {info.last.frames_lost} lost" if info.last.frames_lost else "")
+                   + ("" if info.last.final else " (unfinished)")),
+        ("sampling", f"fps={s['fps']} start={s['start']} end={s['end']} max_frames={s['max_frames']}"),
+        ("voco tokens", f"K={meta.k} per frame, first VoCo position c0={meta.c0}"),
+        ("model", f"{meta.model_fingerprint} ({meta.model_path}; {meta.family}, compressor {meta.compressor})"),
+        ("dtype", meta.dtype if meta.storage == meta.dtype else f"{meta.dtype}, stored as {meta.storage}"),
+        ("size", f"{info.bytes / 2**20:.2f} MiB in {info.chunks} chunk(s), "
+                 f"{info.bytes / max(1, info.frames) / 2**10:.1f} KiB per frame"),
+    ]
+    for k, v in rows:
+        out.print(f"[bold]{k:>12}[/bold]  {v}")

@@ -1,0 +1,133 @@
+"""Loading a VoCo checkpoint folder: its family, tokenizer, VoCo layout, device and fingerprint.
+
+A checkpoint is a transformers model folder whose config carries `voco_num_tokens` (K) and
+`voco_separator`, and whose tokenizer has `<voco>` registered by name. Which classes load it is
+the family's business (vococli.families).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from vococli.errors import UserError
+from vococli.families.base import VocoModel, read_layout
+from vococli.families.quantize import check_int4_target, check_weights
+
+FINGERPRINT_SAMPLE = 1 << 20  # bytes hashed at each end of every weight file
+
+
+def fingerprint_checkpoint(path: Path) -> str:
+    """Hash of the config and the weight files' identity (sizes, headers, first and last MiB)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    h.update((path / "config.json").read_bytes())
+    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+    for f in weights:
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(FINGERPRINT_SAMPLE))
+            fh.seek(max(0, size - FINGERPRINT_SAMPLE))
+            h.update(fh.read(FINGERPRINT_SAMPLE))
+    return h.hexdigest()[:16]
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise UserError(f"--device: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    try:
+        torch.empty(0, device=dev)
+    except (RuntimeError, AssertionError) as e:
+        raise UserError(f"--device {device}: not usable with this torch build ({str(e).splitlines()[0][:100]})") from None
+    return dev
+
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
+    """bf16 on GPU, float32 on CPU, unless the user says otherwise."""
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r}: choose one of {', '.join(sorted(DTYPES))}")
+    return DTYPES[dtype]
+
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def check_folder(path: str | Path) -> Path:
+    """A local checkpoint folder; a hub id ("org/name") is downloaded only when no such folder exists."""
+    if not Path(path).exists() and HUB_ID.fullmatch(str(path)):
+        from huggingface_hub import snapshot_download
+
+        try:
+            path = snapshot_download(str(path))
+        except Exception as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"{path}: no such folder, and fetching it from the hub failed ({reason})") from None
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: model folder not found")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a checkpoint folder (no config.json)")
+    return path
+
+
+def load_model(path: str | Path, device: str | None = None, dtype: str | None = None,
+               vision: bool = True, weights: str = "full", voco_tokens: int | None = None,
+               attn: str | None = None, allow_baseline: bool = False) -> VocoModel:
+    """Load a VoCo checkpoint folder.
+
+    With `vision=False` only the language model and its head are loaded (all that answering
+    needs); `weights` "nf4" or "int4" makes that language model's decoder 4-bit (quantize.py).
+    Baseline checkpoints of `vococli experiment` (avg-pool) load only with `allow_baseline`.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from vococli.families import family_for_config
+
+    path = check_folder(path)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    check_weights(weights)
+    if weights != "full" and vision:
+        raise UserError(f"--weights {weights} is for answering only; compress with the full-precision model")
+    if weights == "int4":
+        check_int4_target(dev, dt)
+    config = AutoConfig.from_pretrained(path)
+    family = family_for_config(config, path)
+    if getattr(config, "voco_compressor", "voco") != "voco" and not allow_baseline:
+        raise UserError(f"{path}: a {config.voco_compressor!r} baseline made for `vococli experiment`, "
+                        "not a VoCo model; compress and ask need a VoCo checkpoint")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    layout = read_layout(config, tokenizer, voco_tokens)
+    lm, full = family.load(path, config, dev, dt, vision=vision, weights=weights, attn=attn)
+    return VocoModel(lm=lm, llava=full, tokenizer=tokenizer, layout=layout, image=family.image_spec(path, config),
+                     fingerprint=fingerprint_checkpoint(path), path=os.fspath(path), device=dev, dtype=dt,
+                     weights=weights, family=family)
+
+
+def answering_model(model: VocoModel, weights: str = "full") -> VocoModel:
+    """The language-model-only view of a loaded model that answering uses (its weights shared);
+    with `weights` "nf4" or "int4", a copy whose decoder Linear weights are 4-bit, as
+    `load_model(..., vision=False, weights=...)` gives."""
+    return model.family.answering_model(model, weights)
