@@ -183,7 +183,7 @@ def test_backoff_halves_on_out_of_memory_without_losing_frames():
     out = backoff(fn, torch.arange(11))
     assert torch.equal(torch.cat(out), torch.arange(11) * 10)
     assert backoff.batch_size == 2 and calls[:3] == [8, 4, 2] and len(notes) == 2
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not memory"):
         Backoff(4)(lambda p: (_ for _ in ()).throw(ValueError("not memory")), torch.arange(3))
 
 

@@ -63,9 +63,13 @@ def test_ask_stream_matches_plain(compressed, tiny_ckpt):
 
 def test_chat_reads_turns_from_stdin(compressed, tiny_ckpt):
     out, _ = compressed
-    r = run("chat", out, "--model", tiny_ckpt, "--max-new-tokens", "4", input="hello?\n/reset\nagain?\n/quit\n")
+    r = run("chat", out, "--model", tiny_ckpt, "--max-new-tokens", "6", input="hello?\n/reset\nhello?\n/quit\n")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.count("vococli>") == 2
+    turns = [line for line in r.stdout.split("vococli>")[1:]]
+    assert len(turns) == 2
+    # after /reset the same question is asked of the video alone again: the same greedy answer
+    first, second = (t.split("you>")[0].strip() for t in turns)
+    assert first == second and "earlier turns forgotten" in r.stderr
 
 
 def test_user_errors_exit_1_with_one_line(tmp_path, tiny_ckpt):

@@ -92,9 +92,9 @@ def test_written_clip_shows_the_scene(tmp_path):
 
 
 def test_bad_options():
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="--count must be at least 1"):
         synthesize(SynthConfig(count=0), "/tmp/never")
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="--kind 'nope': choose one of frame, temporal, needle, mix"):
         make_scene(SynthConfig(kind="nope"), 0)
 
 

@@ -44,9 +44,9 @@ def test_plan_caps_frames_evenly():
 
 def test_plan_rejects_bad_ranges():
     ts = np.arange(10.0)
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="--fps must be a positive number, got 0"):
         plan_frames(ts, Sampling(fps=0))
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="no frames between --start 20"):
         plan_frames(ts, Sampling(start=20))
     with pytest.raises(UserError, match="--start must be .*0 or more"):
         plan_frames(ts, Sampling(start=-5))
@@ -107,7 +107,7 @@ def test_missing_and_non_video_files(tmp_path):
 def test_plan_rejects_non_finite_and_caps_huge_rates():
     ts = np.arange(10.0)
     for bad in (Sampling(fps=float("inf")), Sampling(fps=float("nan")), Sampling(start=float("nan"))):
-        with pytest.raises(UserError):
+        with pytest.raises(UserError, match="must be a"):
             plan_frames(ts, bad)
     assert plan_frames(ts, Sampling(fps=1e9)).tolist() == list(range(10))
 
