@@ -1,6 +1,8 @@
 import os
 from pathlib import Path
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -34,3 +36,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def compressed(tiny_ckpt, tmp_path_factory):
+    """The test clip compressed by `vococli compress --json` with the tiny model: (cache, its JSON)."""
+    from helpers import CLIP, run
+
+    out = tmp_path_factory.mktemp("cli") / "pancake.voco"
+    r = run("compress", CLIP, "-o", out, "--model", tiny_ckpt, "--fps", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    return out, json.loads(r.stdout)

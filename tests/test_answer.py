@@ -9,16 +9,10 @@ from vococli.errors import UserError
 from vococli.layout import text_start
 from vococli.families.base import ImageSpec
 from vococli.compress.pixels import to_pixels
-from vococli.cache.kv import VideoCache, fit_to_context
+from vococli.cache.kv import fit_to_context
+from helpers import random_video
 
 
-def random_video(model, n_frames, seed=0):
-    cfg = model.text_config
-    g = torch.Generator().manual_seed(seed)
-    d = cfg.hidden_size // cfg.num_attention_heads
-    shape = (cfg.num_hidden_layers, n_frames, cfg.num_key_value_heads, model.layout.k, d)
-    return VideoCache(keys=torch.randn(shape, generator=g), values=torch.randn(shape, generator=g),
-                      timestamps=np.arange(n_frames, dtype=float))
 
 
 def test_second_turn_equals_fresh_forward_over_whole_conversation(tiny_model):

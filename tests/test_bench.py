@@ -6,8 +6,8 @@ import pytest
 import torch
 from vococli.bench.run import BenchConfig, run_bench
 from vococli.bench.answer import kv_bytes
-from test_cli import run
-from test_equivalence import with_layers
+from helpers import run
+from helpers import with_layers
 from vococli.errors import UserError
 from vococli.video.feed import Backoff, Prefetcher, auto_batch_size
 

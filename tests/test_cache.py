@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import vococli.compress.pipeline as compress_mod
-from conftest import ROOT
 from vococli.cache.chunks import chunk_path, load_cache, read_info
 from vococli.cache.meta import CacheMeta
 from vococli.cache.writer import CacheWriter, ChunkQueue
@@ -18,9 +17,8 @@ from vococli.compress.pixels import to_pixels
 from vococli.compress.stage1 import compress_pixels
 from vococli.video.reader import VideoReader
 from vococli.video.sampling import Sampling, plan_frames
+from helpers import CLIP, SAMPLING
 
-CLIP = ROOT / "video" / "pancake.mkv"
-SAMPLING = Sampling(fps=2)  # 21 frames
 
 
 def cache_meta(k: int = 1) -> CacheMeta:
@@ -66,7 +64,7 @@ def test_compress_with_stage1_compiled_stores_the_same_cache(tiny_model, tmp_pat
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    from test_equivalence import with_layers
+    from helpers import with_layers
 
     tiny_model = with_layers(copy.deepcopy(tiny_model), 4)
     torch._dynamo.reset()

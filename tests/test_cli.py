@@ -1,29 +1,16 @@
 """The command line end to end on the sample clip with a tiny random checkpoint."""
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
 
-from conftest import REALDATA, ROOT
-
-CLIP = ROOT / "video" / "pancake.mkv"
-
-
-def run(*args, **kw):
-    env = dict(os.environ, VOCOCLI_MODEL="")
-    return subprocess.run([sys.executable, "-m", "vococli", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=300, **kw)
+from conftest import REALDATA
+from helpers import CLIP, run
 
 
-@pytest.fixture(scope="module")
-def compressed(tiny_ckpt, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "pancake.voco"
-    r = run("compress", CLIP, "-o", out, "--model", tiny_ckpt, "--fps", "1", "--json")
-    assert r.returncode == 0, r.stderr
-    return out, json.loads(r.stdout)
+
+
 
 
 def test_compress_json(compressed):

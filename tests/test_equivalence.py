@@ -2,44 +2,20 @@
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 
-from vococli.answer.session import forward_tokens
-from vococli.layout import voco_mask, voco_positions
 from vococli.families.loading import load_model
 from vococli.families.rope import rotate_keys
 from vococli.compress.stage1 import compress_pixels, frame_embeddings, image_features
-from vococli.cache.kv import VideoCache
-
-TEXT = "\nYou answer questions about a video. USER: what is the man holding? ASSISTANT: a red ball"
+from helpers import one_forward_logits, pixels_for, text_ids, two_stage_logits, with_layers
 
 
-def text_ids(model):
-    return torch.tensor([model.tokenizer(TEXT, add_special_tokens=False)["input_ids"]])
 
 
-def one_forward_logits(model, pixels, ids):
-    """Reference: all frames and the text in ONE forward with the block VoCo mask."""
-    embeds = frame_embeddings(model, image_features(model, pixels))  # (T, frame_len, H)
-    t = embeds.shape[0]
-    text = model.language_model.get_input_embeddings()(ids)  # (1, N, H)
-    seq = torch.cat([embeds.reshape(1, -1, embeds.shape[-1]), text], dim=1)
-    mask = voco_mask(model.layout, t, ids.shape[1], model.dtype).to(model.device)
-    pos = voco_positions(model.layout, t, ids.shape[1]).view(1, -1).to(model.device)
-    with torch.inference_mode():
-        logits = model.llava(inputs_embeds=seq, attention_mask=mask, position_ids=pos).logits
-    return logits[0, -ids.shape[1]:].float()
 
 
-def two_stage_logits(model, pixels, ids):
-    keys, values = compress_pixels(model, pixels)
-    video = VideoCache(keys=keys, values=values, timestamps=np.arange(pixels.shape[0], dtype=float))
-    cache = video.past_key_values(model)
-    from vococli.layout import text_start
 
-    return forward_tokens(model, ids, cache, text_start(model.layout, video.n_frames), all_logits=True)[0]
 
 
 @pytest.fixture(scope="module", params=["eager", "sdpa"])
@@ -47,10 +23,6 @@ def model(request, tiny_ckpt):
     return load_model(tiny_ckpt, device="cpu", dtype="float32", attn=request.param)
 
 
-def pixels_for(model, n, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    s = model.image.size
-    return torch.randn(n, 3, s, s, generator=g)
 
 
 def test_image_two_stage_equals_masked_forward(model):
@@ -110,18 +82,6 @@ def test_compression_fast_path_equals_full_prefill(model):
     check_fast_path_equals_prefill(model, seed=4)
 
 
-def with_layers(m, n: int, seed: int = 0):
-    """`m` with its decoder cut to, or grown to, `n` layers (added layers: layer 0 plus noise)."""
-    g = torch.Generator().manual_seed(seed)
-    layers = m.language_model.layers
-    del layers[n:]
-    while len(layers) < n:
-        layers.append(copy.deepcopy(layers[0]))
-        layers[-1].self_attn.layer_idx = len(layers) - 1
-        for p in layers[-1].parameters():
-            p.data += 0.05 * torch.randn(p.shape, generator=g)
-    m.language_model.config.num_hidden_layers = n
-    return m
 
 
 @pytest.mark.parametrize("n_layers", [1, 3, 5])

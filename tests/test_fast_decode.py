@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from test_answer import random_video
+from helpers import check_within_rounding, random_video
 from vococli.answer.session import GenerationConfig, Session
 from vococli.errors import UserError
 from vococli.answer.static import StaticSession, compile_width, open_session, static_mask
@@ -87,47 +87,10 @@ def test_compiled_decode_answers_like_plain_session(tiny_model):
     assert counters["stats"]["unique_graphs"] - graphs >= 2  # the steps were compiled: a graph per width
 
 
-def teacher_forced_logits(session, ids: list[int], tokens: list[int]) -> torch.Tensor:
-    """(1 + len(tokens), V) float32 logits after the prompt and after each of `tokens` fed in turn."""
-    out = [session._prefill(ids, len(tokens) + 1).float().cpu().clone()]
-    out += [session._decode(t).float().cpu().clone() for t in tokens]
-    return torch.cat(out)
 
 
-def greedy_tokens(session, ids: list[int], steps: int) -> list[int]:
-    """`steps` greedy tokens after the prompt (end-of-sequence not treated specially)."""
-    tokens = [int(session._prefill(ids, steps + 1).argmax())]
-    while len(tokens) < steps:
-        tokens.append(int(session._decode(tokens[-1]).argmax()))
-    return tokens
 
 
-def check_within_rounding(ckpt, tiny_model, device: str, weights: str = "full", steps: int = 32) -> None:
-    """The compiled decode against the plain one in bf16, judged by what bf16 itself costs.
-
-    Tokens: the float32 plain path's greedy answer, fed to every path. Rounding scale `r`: the
-    largest distance of the plain bf16 logits from the float32 ones. The compiled path must stay
-    within 2r (+ 1e-3) of the plain path on the same weights (bf16, nf4 or int4), and pick the same
-    greedy token at every step where the plain top two logits are more than 4r apart (closer ties
-    may flip under any change of summation order, fused kernels included).
-    """
-    from vococli.families.loading import load_model
-
-    f32 = load_model(ckpt, device=device, dtype="float32", vision=False)
-    bf16 = load_model(ckpt, device=device, dtype="bfloat16", vision=False)
-    model = load_model(ckpt, device=device, dtype="bfloat16", vision=False, weights=weights) if weights != "full" else bf16
-    video = random_video(tiny_model, 6, seed=2)
-    ids = Session(f32, video)._prompt_ids("what is here?")
-    tokens = greedy_tokens(Session(f32, video), ids, steps)
-    r = (teacher_forced_logits(Session(bf16, video), ids, tokens)
-         - teacher_forced_logits(Session(f32, video), ids, tokens)).abs().max().item()
-    plain = teacher_forced_logits(Session(model, video), ids, tokens)
-    compiled = teacher_forced_logits(open_session(model, video, "compiled"), ids, tokens)
-    assert (compiled - plain).abs().max().item() <= 2 * r + 1e-3
-    top = plain.topk(2, dim=-1).values
-    clear = (top[:, 0] - top[:, 1]) > 4 * r
-    assert clear.sum() >= steps // 4, (r, top[:, 0] - top[:, 1])  # enough steps to judge
-    assert torch.equal(compiled.argmax(-1)[clear], plain.argmax(-1)[clear])
 
 
 def test_compiled_decode_in_bf16_is_within_rounding(tiny_ckpt, tiny_model):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from test_equivalence import one_forward_logits, pixels_for, text_ids, two_stage_logits
+from helpers import one_forward_logits, pixels_for, text_ids, two_stage_logits
 from vococli.answer.session import GenerationConfig, Session
 from vococli.families.loading import load_model
 
@@ -21,7 +21,7 @@ def test_two_stage_equivalence_bf16(tiny_ckpt, attn):
 
 @pytest.mark.parametrize("weights", ["nf4", "int4"])
 def test_four_bit_answers(tiny_ckpt, tiny_model, weights):
-    from test_answer import random_video
+    from helpers import random_video
     from vococli.families.quantize import weights_of
 
     fp = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False)
@@ -36,7 +36,7 @@ def test_four_bit_answers(tiny_ckpt, tiny_model, weights):
 
 def test_int4_on_gpu_holds_the_reference_weights(tiny_ckpt):
     """tinygemm (padded, tile-packed) read back Linear by Linear against weights quantised by hand."""
-    from test_quantize import check_int4_linears
+    from helpers import check_int4_linears
 
     full = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False)
     q4 = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False, weights="int4")
@@ -46,7 +46,7 @@ def test_int4_on_gpu_holds_the_reference_weights(tiny_ckpt):
 @pytest.mark.parametrize("weights", ["full", "nf4", "int4"])
 def test_graph_decode_gives_the_plain_tokens(tiny_ckpt, tiny_model, weights):
     """The pre-allocated cache with a CUDA-graph decode step answers exactly like the plain path."""
-    from test_answer import random_video
+    from helpers import random_video
     from vococli.answer.static import StaticSession
 
     m = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False, weights=weights)
@@ -69,13 +69,13 @@ def test_compiled_decode_gives_the_plain_tokens_within_rounding(tiny_ckpt, tiny_
     """--decode compiled on CUDA (torch.compile'd step inside a CUDA graph) against the plain path:
     logits within twice bf16's own rounding, the same greedy token wherever the top two are not
     tied within it (the rule in test_fast_decode.check_within_rounding)."""
-    from test_fast_decode import check_within_rounding
+    from helpers import check_within_rounding
 
     check_within_rounding(tiny_ckpt, tiny_model, "cuda", weights=weights)
 
 
 def test_compression_fast_path_bf16(tiny_ckpt):
-    from test_equivalence import pixels_for
+    from helpers import pixels_for
     from vococli.compress.stage1 import compress_embeddings, frame_embeddings, image_features, prefill_frames
 
     m = load_model(tiny_ckpt, device="cuda", dtype="bfloat16")

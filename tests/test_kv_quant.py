@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from test_cache import CLIP, SAMPLING
+from helpers import CLIP, SAMPLING
 from vococli.answer.session import Session
 from vococli.cache.chunks import load_cache, read_info
 from vococli.compress.pipeline import compress_video

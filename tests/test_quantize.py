@@ -4,8 +4,7 @@ answering path; choosing the kind from the command line."""
 import pytest
 import torch
 
-from test_answer import random_video
-from test_cli import compressed, run  # noqa: F401 (a fixture)
+from helpers import check_int4_linears, group_quantised, random_video, run
 from vococli.answer.session import GenerationConfig, Session, forward_tokens
 from vococli.families.loading import answering_model
 from vococli.errors import UserError
@@ -16,40 +15,10 @@ from vococli.families.quantize import int4_group_size, weights_of
 pytest.importorskip("torchao")
 
 
-def group_quantised(w: torch.Tensor, group: int) -> torch.Tensor:
-    """Asymmetric 4-bit per group of `group` inputs, written out here: w ~ min + q * (max - min) / 15."""
-    g = w.float().reshape(w.shape[0], -1, group)
-    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-    step = (hi - lo).clamp(min=1e-6) / 15
-    return (((g - lo) / step).round().clamp(0, 15) * step + lo).reshape(w.shape)
 
 
-def tinygemm_reference(w: torch.Tensor, group: int):
-    """The weights tinygemm multiplies by, and each group's step, computed in the weight's own dtype
-    (scale and zero point are stored in it): zero = min + 8 step, w ~ (q - 8) step + zero."""
-    g = w.reshape(w.shape[0], -1, group)
-    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-    step = ((hi - lo) / 15).clamp(min=torch.finfo(w.dtype).smallest_normal)
-    zero = lo + step * 8
-    q = ((g - (zero - step * 8)) / step).round().clamp(0, 15)
-    return ((q - 8) * step + zero).float(), step.float()
 
 
-def check_int4_linears(q4, full, tol: float = 0.25) -> int:
-    """Every quantised Linear of `q4`, read back through its own kernel (fed the identity matrix),
-    holds the reference weights of the matching Linear of `full` to within `tol` of a step; a wrong
-    group size, zero point or rounding, or unquantised weights, are off by up to half a step."""
-    pairs = [(a, b) for a, b in zip(q4.lm.model.layers.modules(), full.lm.model.layers.modules())
-             if isinstance(a, torch.nn.Linear)]
-    for lin, ref in pairs:
-        k = lin.in_features
-        eye = torch.eye(k, dtype=full.dtype, device=full.device)
-        got = (lin(eye) - lin(torch.zeros_like(eye))).float().T  # (out, in), bias removed
-        group = int4_group_size(k)
-        want, step = tinygemm_reference(ref.weight.data, group)
-        err = (got.reshape(want.shape) - want).abs()
-        assert (err <= tol * step + 1e-6).all(), (err / step).max().item()
-    return len(pairs)
 
 
 def prompt_logits(model, video):
