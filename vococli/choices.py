@@ -26,9 +26,14 @@ def options(choice) -> tuple[str, ...]:
     return get_args(choice)
 
 
+def one_of(value, allowed, what: str, option: str | None = None):
+    """`value` when it is among `allowed` (names, or a registry's keys), else a UserError
+    "WHAT 'VALUE': choose one of ..." (`option`: the setting it names, for the command line)."""
+    if value not in allowed:
+        raise UserError(f"{what} {value!r}: choose one of {', '.join(allowed)}", option=option)
+    return value
+
+
 def check(value, choice, setting: str):
     """`value` when it is one of `choice`'s values, else a UserError naming `setting`."""
-    allowed = options(choice)
-    if value not in allowed:
-        raise UserError(f"{setting} {value!r}: choose one of {', '.join(allowed)}", option=setting)
-    return value
+    return one_of(value, options(choice), setting, option=setting)

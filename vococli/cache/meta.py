@@ -8,7 +8,9 @@ describe the caches written before them, so those still load.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -104,12 +106,15 @@ class ChunkMeta:
 TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,), dict: (dict,)}
 
 
+@functools.cache
+def _type_hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
 def _fields_of(cls, d: dict, where, skip: tuple[str, ...] = ()) -> dict:
     """The values of `cls`'s fields in `d`, checked for presence and type (one line naming the first
     missing or mistyped field)."""
-    import typing
-
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     out = {}
     for f in fields(cls):
         if f.name in skip:

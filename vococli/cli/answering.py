@@ -9,8 +9,9 @@ from typing import Optional
 
 import typer
 
-from vococli.cli.common import (DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, WeightsOpt, answer_weights,
-                                check_decode_device, err, model_path, out, quiet_transformers)
+from vococli.cli.common import (CacheArg, DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, SeedOpt, SubsampleOpt,
+                                TemperatureOpt, TopPOpt, WeightsOpt, answer_weights, check_decode_device, err,
+                                model_path, out, quiet_transformers)
 from vococli.errors import UserError
 
 
@@ -36,18 +37,18 @@ def _gen_config(max_new_tokens: int, temperature: float, top_p: float, seed: int
 
 
 def ask(
-    cache: Path = typer.Argument(..., help="A .voco cache made by `vococli compress`."),
+    cache: Path = CacheArg,
     question: Optional[str] = typer.Argument(None, help="The question."),
     questions: list[str] = typer.Option([], "--question", "-q", help="More questions (repeatable), one cache load."),
     model: Optional[str] = ModelOpt,
     max_new_tokens: int = typer.Option(128, help="Longest answer in tokens."),
-    temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples."),
-    top_p: float = typer.Option(1.0, help="Nucleus sampling mass (with --temperature)."),
-    seed: int = typer.Option(0, help="Seed for sampling."),
+    temperature: float = TemperatureOpt,
+    top_p: float = TopPOpt,
+    seed: int = SeedOpt,
     stream: bool = typer.Option(False, help="Print answer tokens as they are generated."),
     weights: Optional[str] = WeightsOpt,
     load_4bit: bool = Load4bitOpt,
-    subsample: bool = typer.Option(False, help="Use evenly spaced frames when the cache exceeds the context."),
+    subsample: bool = SubsampleOpt,
     decode: str = DecodeOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
@@ -100,15 +101,15 @@ def ask(
 
 
 def chat(
-    cache: Path = typer.Argument(..., help="A .voco cache made by `vococli compress`."),
+    cache: Path = CacheArg,
     model: Optional[str] = ModelOpt,
     max_new_tokens: int = typer.Option(128, help="Longest answer per turn in tokens."),
-    temperature: float = typer.Option(0.0, help="0 = greedy; > 0 samples."),
-    top_p: float = typer.Option(1.0, help="Nucleus sampling mass (with --temperature)."),
-    seed: int = typer.Option(0, help="Seed for sampling."),
+    temperature: float = TemperatureOpt,
+    top_p: float = TopPOpt,
+    seed: int = SeedOpt,
     weights: Optional[str] = WeightsOpt,
     load_4bit: bool = Load4bitOpt,
-    subsample: bool = typer.Option(False, help="Use evenly spaced frames when the cache exceeds the context."),
+    subsample: bool = SubsampleOpt,
     decode: str = DecodeOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,

@@ -18,6 +18,12 @@ DecodeOpt = typer.Option("auto", help="Answering path: dynamic (growing cache), 
 WeightsOpt = typer.Option(None, "--weights", show_default=False, help="The language model's weights while answering: full (the "
                           "--dtype; the default), nf4 (bitsandbytes 4-bit) or int4 (torchao weight-only 4-bit; bfloat16 on GPU).")
 Load4bitOpt = typer.Option(False, "--load-4bit", help="The same as --weights nf4.")
+# the answering options ask and chat share
+CacheArg = typer.Argument(..., help="A .voco cache made by `vococli compress`.")
+TemperatureOpt = typer.Option(0.0, help="0 = greedy; > 0 samples.")
+TopPOpt = typer.Option(1.0, help="Nucleus sampling mass (with --temperature).")
+SeedOpt = typer.Option(0, help="Seed for sampling.")
+SubsampleOpt = typer.Option(False, help="Use evenly spaced frames when the cache exceeds the context.")
 
 
 def answer_weights(weights: str | None, load_4bit: bool) -> str:

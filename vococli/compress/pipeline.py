@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from vococli.cache.meta import CacheMeta, video_identity
+from vococli.compressors import DEFAULT_COMPRESSOR
 from vococli.cache.writer import CacheWriter, ChunkQueue
 from vococli.errors import UserError
 from vococli.video.feed import Backoff, Prefetcher, auto_batch_size, frames_tensor
@@ -96,7 +97,7 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
         dtype=DTYPE_NAMES[model.dtype], storage=DTYPE_NAMES[model.dtype] if cache_dtype == "auto" else cache_dtype,
         video=video_identity(video), sampling=sampling.to_dict(), planned_frames=int(len(plan)),
         backend=reader.backend, video_duration_s=round(reader.duration, 6), family=model.family.name,
-        compressor="voco")
+        compressor=DEFAULT_COMPRESSOR)
     with CacheWriter(out, meta, overwrite=overwrite) as writer:  # locks the folder until the end
         total = len(plan)
         if writer.finished:

@@ -12,10 +12,10 @@ from vococli.compressors.avgpool import AvgPool
 from vococli.compressors.base import Compressor
 from vococli.compressors.full import Full
 from vococli.compressors.voco import Voco
-from vococli.errors import UserError
+from vococli.choices import one_of
 
 COMPRESSORS: dict[str, Compressor] = {c.name: c for c in (Voco(), Full(), AvgPool())}
-DEFAULT_COMPRESSOR = "voco"
+DEFAULT_COMPRESSOR = "voco"  # what compress and ask use (stage 1's fast path is its)
 
 
 def compressor_names() -> list[str]:
@@ -26,9 +26,7 @@ def get_compressor(name: str | Compressor) -> Compressor:
     """The compressor called `name` (a Compressor is returned as it is)."""
     if isinstance(name, Compressor):
         return name
-    if name not in COMPRESSORS:
-        raise UserError(f"compressor {name!r}: choose one of {', '.join(COMPRESSORS)}")
-    return COMPRESSORS[name]
+    return COMPRESSORS[one_of(name, COMPRESSORS, "compressor")]
 
 
 def register_compressor(compressor: Compressor) -> Compressor:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vococli.answer.static import resolve_decode
+from vococli.compressors import DEFAULT_COMPRESSOR
 from vococli.errors import UserError
 from vococli.eval.formats import file_sha256
 from vococli.families.loading import DTYPE_NAMES
@@ -52,7 +53,7 @@ def run_record(model: VocoModel, cfg: EvalConfig, annotations: list[Path], fmt: 
         "model_path": str(model.path), "model_fingerprint": model.fingerprint, "k": model.layout.k,
         "dtype": DTYPE_NAMES[model.dtype], "device": str(model.device),
         "sampling": cfg.sampling.to_dict(), "cache_dtype": cfg.cache_dtype,
-        "answer_weights": (answerer or model).weights, "family": model.family.name, "compressor": "voco",
+        "answer_weights": (answerer or model).weights, "family": model.family.name, "compressor": DEFAULT_COMPRESSOR,
         "decode": resolve_decode(answerer or model, cfg.decode),  # recorded; paths agree up to rounding
         "prompt": {"suffix": cfg.suffix, "chat_template": template,
                    "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()},

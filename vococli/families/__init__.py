@@ -6,6 +6,7 @@ Adding a family is one new module with a `ModelFamily` subclass and one line in 
 
 from __future__ import annotations
 
+from vococli.choices import one_of
 from vococli.errors import UserError
 from vococli.families.base import ModelFamily
 from vococli.families.llava_llama import LlavaLlama
@@ -18,9 +19,7 @@ def family_names() -> list[str]:
 
 
 def get_family(name: str) -> ModelFamily:
-    if name not in FAMILIES:
-        raise UserError(f"model family {name!r}: choose one of {', '.join(FAMILIES)}")
-    return FAMILIES[name]
+    return FAMILIES[one_of(name, FAMILIES, "model family")]
 
 
 def register_family(family: ModelFamily) -> ModelFamily:

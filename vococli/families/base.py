@@ -76,10 +76,6 @@ class ModelFamily:
         or None when `vision` is False (then `lm` is the language model alone)."""
         raise NotImplementedError
 
-    def build(self, config):
-        """A new model of this family with random weights, from its config (for training)."""
-        raise NotImplementedError
-
     def language_model(self, model: VocoModel) -> torch.nn.Module:
         """The decoder stack without the head."""
         raise NotImplementedError

@@ -60,11 +60,6 @@ class LlavaLlama(ModelFamily):
             lm = lm.to(device)
         return lm.eval(), None
 
-    def build(self, config):
-        from transformers import LlavaForConditionalGeneration
-
-        return LlavaForConditionalGeneration(config)
-
     def language_model(self, model: VocoModel) -> torch.nn.Module:
         return model.llava.model.language_model if model.llava is not None else model.lm.model
 

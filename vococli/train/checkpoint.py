@@ -29,7 +29,6 @@ def build_model(cfg: TrainConfig, device: torch.device) -> tuple[VocoModel, torc
     from transformers import AutoConfig, AutoTokenizer
 
     from vococli.families import family_for_config
-
     from vococli.families.tiny import PRESETS, build_tiny_model, image_processor_config
 
     if (cfg.init is None) == (cfg.checkpoint is None):
@@ -40,6 +39,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> tuple[VocoModel, torc
         preset = replace(PRESETS[cfg.init], voco_tokens=cfg.voco_tokens or PRESETS[cfg.init].voco_tokens,
                          seed=cfg.seed)
         llava, tok = build_tiny_model(preset, attn="sdpa")
+        family = family_for_config(llava.config, f"--init {cfg.init}")
         proc = image_processor_config(preset.image_size)
     else:
         src = Path(cfg.checkpoint)
@@ -63,7 +63,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> tuple[VocoModel, torc
     spec = ImageSpec(size=int(config.vision_config.image_size), mean=tuple(proc["image_mean"]),
                      std=tuple(proc["image_std"]))
     model = VocoModel(lm=llava, llava=llava, tokenizer=tok, layout=layout, image=spec, fingerprint="",
-                      path=cfg.out, device=device, dtype=torch.float32, family=family_for_config(config, cfg.out))
+                      path=cfg.out, device=device, dtype=torch.float32, family=family)
     compressor = get_compressor(cfg.compressor_name)
     module = compressor.build_module(int(model.text_config.hidden_size), layout.k)
     if module is not None:
