@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from conftest import ROOT
-from vococli.answer.session import Session, forward_tokens
-from vococli.answer.static import open_session
+from vococli.answer.buffers import forward_tokens
+from vococli.answer.paths import open_session
+from vococli.answer.session import Session
 from vococli.families.quantize import int4_group_size
 from vococli.cache.kv import VideoCache
 from vococli.compress.stage1 import compress_pixels, frame_embeddings, image_features
@@ -83,16 +84,16 @@ def with_layers(m, n: int, seed: int = 0):
 
 def teacher_forced_logits(session, ids: list[int], tokens: list[int]) -> torch.Tensor:
     """(1 + len(tokens), V) float32 logits after the prompt and after each of `tokens` fed in turn."""
-    out = [session._prefill(ids, len(tokens) + 1).float().cpu().clone()]
-    out += [session._decode(t).float().cpu().clone() for t in tokens]
+    out = [session.prefill(ids, len(tokens) + 1).float().cpu().clone()]
+    out += [session.decode_step(t).float().cpu().clone() for t in tokens]
     return torch.cat(out)
 
 
 def greedy_tokens(session, ids: list[int], steps: int) -> list[int]:
     """`steps` greedy tokens after the prompt (end-of-sequence not treated specially)."""
-    tokens = [int(session._prefill(ids, steps + 1).argmax())]
+    tokens = [int(session.prefill(ids, steps + 1).argmax())]
     while len(tokens) < steps:
-        tokens.append(int(session._decode(tokens[-1]).argmax()))
+        tokens.append(int(session.decode_step(tokens[-1]).argmax()))
     return tokens
 
 
@@ -111,7 +112,7 @@ def check_within_rounding(ckpt, tiny_model, device: str, weights: str = "full", 
     bf16 = load_model(ckpt, device=device, dtype="bfloat16", vision=False)
     model = load_model(ckpt, device=device, dtype="bfloat16", vision=False, weights=weights) if weights != "full" else bf16
     video = random_video(tiny_model, 6, seed=2)
-    ids = Session(f32, video)._prompt_ids("what is here?")
+    ids = Session(f32, video).prompt_ids("what is here?")
     tokens = greedy_tokens(Session(f32, video), ids, steps)
     r = (teacher_forced_logits(Session(bf16, video), ids, tokens)
          - teacher_forced_logits(Session(f32, video), ids, tokens)).abs().max().item()
@@ -158,3 +159,31 @@ def check_int4_linears(q4, full, tol: float = 0.25) -> int:
         err = (got.reshape(want.shape) - want).abs()
         assert (err <= tol * step + 1e-6).all(), (err / step).max().item()
     return len(pairs)
+
+
+def dequantised_copy(q4, full):
+    """`full` with every decoder Linear's weight replaced by the weight `q4`'s matching Linear
+    actually multiplies by (read back through its own kernel, fed the identity matrix): the same
+    weights as the 4-bit model, computed by plain matmuls."""
+    ref = copy.deepcopy(full)
+    pairs = [(a, b) for a, b in zip(q4.lm.model.layers.modules(), ref.lm.model.layers.modules())
+             if isinstance(a, torch.nn.Linear)]
+    with torch.inference_mode():
+        for lin, dst in pairs:
+            eye = torch.eye(lin.in_features, dtype=full.dtype, device=full.device)
+            dst.weight.data.copy_((lin(eye) - lin(torch.zeros_like(eye))).T)
+    return ref
+
+
+def check_four_bit_against_full_precision(q4, full, video, steps: int = 16) -> None:
+    """Teacher-forced on the full-precision greedy answer: the 4-bit logits equal those of its own
+    weights dequantised (rounding only, within 2% of the logit range) and stay close to the
+    full-precision logits (cosine > 0.9 at every step), without being them."""
+    ids = Session(full, video).prompt_ids("what is here?")
+    tokens = greedy_tokens(Session(full, video), ids, steps)
+    got = teacher_forced_logits(Session(q4, video), ids, tokens)
+    same_weights = teacher_forced_logits(Session(dequantised_copy(q4, full), video), ids, tokens)
+    fp = teacher_forced_logits(Session(full, video), ids, tokens)
+    assert (got - same_weights).abs().max() <= 0.02 * same_weights.abs().max()
+    assert torch.nn.functional.cosine_similarity(got, fp, dim=-1).min() > 0.9
+    assert (got - fp).abs().max() > (got - same_weights).abs().max()  # the 4-bit error is really there

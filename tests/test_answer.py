@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from vococli.answer.session import GenerationConfig, Session, forward_tokens
+from vococli.answer.buffers import forward_tokens
+from vococli.answer.session import GenerationConfig, Session
 from vococli.errors import UserError
 from vococli.layout import text_start
 from vococli.families.base import ImageSpec
@@ -19,10 +20,10 @@ def test_second_turn_equals_fresh_forward_over_whole_conversation(tiny_model):
     """A follow-up fed into the kept state gives the logits of feeding every token at once."""
     video = random_video(tiny_model, 3)
     s = Session(tiny_model, video)
-    ids1 = s._prompt_ids("what is first?")
+    ids1 = s.prompt_ids("what is first?")
     ans = s.ask("what is first?", GenerationConfig(max_new_tokens=5))
-    ids2 = s._prompt_ids("and then?")  # starts with the answer's last token (and eos) not yet fed
-    kept = forward_tokens(tiny_model, torch.tensor([ids2]), s.cache, s.next_pos)
+    ids2 = s.prompt_ids("and then?")  # starts with the answer's last token (and eos) not yet fed
+    kept = s.prefill(ids2)
     every = ids1 + ans.token_ids[:-1] + ids2
     fresh = forward_tokens(tiny_model, torch.tensor([every]), video.past_key_values(tiny_model),
                            text_start(tiny_model.layout, 3))
@@ -38,7 +39,7 @@ def test_reset_forgets_turns(tiny_model):
     s.reset()
     b = s.ask("q?", gen)
     assert a.token_ids == b.token_ids and s.used > 0
-    assert s.cache.get_seq_length() == 2 * tiny_model.layout.k + s.used
+    assert s.buffer.cache.get_seq_length() == 2 * tiny_model.layout.k + s.used
 
 
 def test_sampling_is_seeded(tiny_model):
@@ -108,8 +109,10 @@ def test_four_bit_on_cpu_stays_close_to_full_precision(tiny_ckpt, tiny_model):
                                  {"top_p": 1.5}])
 def test_generation_settings_are_checked_where_they_are_made(bad):
     """The library refuses what the command line refuses (the CLI builds the same object)."""
-    with pytest.raises(UserError, match="--(max-new-tokens|temperature|top-p) must"):
+    (name,) = bad
+    with pytest.raises(UserError, match=f"^{name} must") as e:
         GenerationConfig(**bad)
+    assert e.value.for_command_line().startswith("--" + name.replace("_", "-") + " must")
 
 
 def test_a_question_must_be_text(tiny_model):

@@ -20,18 +20,16 @@ def test_two_stage_equivalence_bf16(tiny_ckpt, attn):
 
 
 @pytest.mark.parametrize("weights", ["nf4", "int4"])
-def test_four_bit_answers(tiny_ckpt, tiny_model, weights):
-    from helpers import random_video
+def test_four_bit_answers_like_full_precision(tiny_ckpt, tiny_model, weights):
+    from helpers import check_four_bit_against_full_precision, random_video
     from vococli.families.quantize import weights_of
 
     fp = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False)
     q4 = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False, weights=weights)
     assert weights_of(q4.lm) == weights
-    video = random_video(tiny_model, 4)
+    check_four_bit_against_full_precision(q4, fp, random_video(tiny_model, 4))
     gen = GenerationConfig(max_new_tokens=8)
-    a = Session(fp, video).ask("what is here?", gen)
-    b = Session(q4, video).ask("what is here?", gen)
-    assert len(a.token_ids) >= 1 and len(b.token_ids) >= 1
+    assert Session(q4, random_video(tiny_model, 4)).ask("what is here?", gen).token_ids
 
 
 def test_int4_on_gpu_holds_the_reference_weights(tiny_ckpt):
@@ -47,28 +45,28 @@ def test_int4_on_gpu_holds_the_reference_weights(tiny_ckpt):
 def test_graph_decode_gives_the_plain_tokens(tiny_ckpt, tiny_model, weights):
     """The pre-allocated cache with a CUDA-graph decode step answers exactly like the plain path."""
     from helpers import random_video
-    from vococli.answer.static import StaticSession
+    from vococli.answer.graph import GraphBuffer
 
     m = load_model(tiny_ckpt, device="cuda", dtype="bfloat16", vision=False, weights=weights)
     video = random_video(tiny_model, 6, seed=2)
     gen = GenerationConfig(max_new_tokens=24)
-    plain, graph = Session(m, video), StaticSession(m, video, graph=True, room=8)
+    plain, graph = Session(m, video), Session(m, video, buffer=GraphBuffer(m, video, room=8))
     for q in ["what is here?", "and then?"]:  # the second turn outgrows the first buffer
         a, b = plain.ask(q, gen), graph.ask(q, gen)
         assert a.token_ids == b.token_ids
     # no room reserved at the prompt: every decode step grows the buffer and captures a new graph
-    plain, graph = Session(m, video), StaticSession(m, video, graph=True, room=1)
-    ids = plain._prompt_ids("why?")
-    torch.testing.assert_close(graph._prefill(ids, 0), plain._prefill(ids, 0), atol=2e-2, rtol=2e-2)
+    plain, graph = Session(m, video), Session(m, video, buffer=GraphBuffer(m, video, room=1))
+    ids = plain.prompt_ids("why?")
+    torch.testing.assert_close(graph.prefill(ids), plain.prefill(ids), atol=2e-2, rtol=2e-2)
     for tok in [7, 9, 11]:
-        torch.testing.assert_close(graph._decode(tok), plain._decode(tok), atol=2e-2, rtol=2e-2)
+        torch.testing.assert_close(graph.decode_step(tok), plain.decode_step(tok), atol=2e-2, rtol=2e-2)
 
 
 @pytest.mark.parametrize("weights", ["full", "nf4", "int4"])
 def test_compiled_decode_gives_the_plain_tokens_within_rounding(tiny_ckpt, tiny_model, weights):
     """--decode compiled on CUDA (torch.compile'd step inside a CUDA graph) against the plain path:
     logits within twice bf16's own rounding, the same greedy token wherever the top two are not
-    tied within it (the rule in test_fast_decode.check_within_rounding)."""
+    tied within it (the rule in helpers.check_within_rounding)."""
     from helpers import check_within_rounding
 
     check_within_rounding(tiny_ckpt, tiny_model, "cuda", weights=weights)

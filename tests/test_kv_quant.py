@@ -50,8 +50,8 @@ def test_int8_cache_round_trip(both):
 def test_int8_cache_answers_like_the_full_cache(tiny_model, both):
     full, q, _, _ = both
     a, b = Session(tiny_model, full), Session(tiny_model, q)
-    ids = a._prompt_ids("what is the man holding?")
-    la, lb = a._prefill(ids, 4), b._prefill(ids, 4)
+    ids = a.prompt_ids("what is the man holding?")
+    la, lb = a.prefill(ids, 4), b.prefill(ids, 4)
     assert (la - lb).abs().max() < 0.05 * la.abs().max()
     assert la.argmax() == lb.argmax()
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from helpers import check_int4_linears, group_quantised, random_video, run
-from vococli.answer.session import GenerationConfig, Session, forward_tokens
+from vococli.answer.buffers import StaticBuffer, forward_tokens
+from vococli.answer.session import GenerationConfig, Session
 from vococli.families.loading import answering_model
 from vococli.errors import UserError
-from vococli.answer.static import StaticSession
 from vococli.layout import text_start
 from vococli.families.quantize import int4_group_size, weights_of
 
@@ -72,6 +72,19 @@ def test_answering_model_quantises_a_copy(tiny_model):
         answering_model(tiny_model, "int3")
 
 
+@pytest.mark.parametrize("weights", ["nf4", "int4"])
+def test_four_bit_answers_like_full_precision_on_cpu(tiny_ckpt, tiny_model, weights):
+    from helpers import check_four_bit_against_full_precision
+    from vococli.families.loading import load_model
+
+    if weights == "nf4":
+        pytest.importorskip("bitsandbytes")
+    full = load_model(tiny_ckpt, device="cpu", dtype="float32", vision=False)
+    q4 = load_model(tiny_ckpt, device="cpu", dtype="float32", vision=False, weights=weights)
+    assert weights_of(q4.lm) == weights
+    check_four_bit_against_full_precision(q4, full, random_video(tiny_model, 4, seed=3))
+
+
 def test_int4_answers_alike_on_every_cpu_path(tiny_model):
     """The static buffer and the compiled step run on int4 weights (a tensor subclass) and give the
     plain path's tokens and logits."""
@@ -81,13 +94,13 @@ def test_int4_answers_alike_on_every_cpu_path(tiny_model):
     video = random_video(q4, 4, seed=6)
     gen = GenerationConfig(max_new_tokens=10)
     plain = Session(q4, video).ask("what is here?", gen).token_ids
-    assert StaticSession(q4, video).ask("what is here?", gen).token_ids == plain
+    assert Session(q4, video, buffer=StaticBuffer(q4, video)).ask("what is here?", gen).token_ids == plain
     torch._dynamo.reset()
-    p, c = Session(q4, video), StaticSession(q4, video, compile=True)
-    ids = p._prompt_ids("what is here?")
-    torch.testing.assert_close(c._prefill(ids, 0), p._prefill(ids, 0), atol=1e-5, rtol=1e-5)
+    p, c = Session(q4, video), Session(q4, video, buffer=StaticBuffer(q4, video, compile=True))
+    ids = p.prompt_ids("what is here?")
+    torch.testing.assert_close(c.prefill(ids), p.prefill(ids), atol=1e-5, rtol=1e-5)
     for tok in [5, 8, 13]:
-        torch.testing.assert_close(c._decode(tok), p._decode(tok), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(c.decode_step(tok), p.decode_step(tok), atol=1e-5, rtol=1e-5)
 
 
 def test_ask_with_int4_weights(compressed, tiny_ckpt):

@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 
+from vococli.errors import UserError
 from vococli.layout import voco_allowed, voco_mask, voco_positions
 from vococli.families.loading import load_model
 from vococli.compress.stage1 import frame_embeddings, image_features
@@ -303,7 +304,7 @@ def test_from_a_llava_checkpoint_without_voco_registers_it_by_name(tmp_path, syn
 
 def test_prompts_render_with_templates_that_need_typed_content(tmp_path):
     """llava-hf style templates render only typed content parts; plain strings must still work."""
-    from vococli.answer.session import render_prompt
+    from vococli.answer.prompts import render_prompt
     from vococli.families.tiny import build_tokenizer
 
     tok = build_tokenizer(384)
@@ -316,3 +317,14 @@ def test_prompts_render_with_templates_that_need_typed_content(tmp_path):
 
     text = render_prompt(Holder(), [{"role": "user", "content": "what colour is the car?"}])
     assert text == "USER: what colour is the car? ASSISTANT:"
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"compressor": "pool"}, "^compressor 'pool': choose one of voco, full, avgpool"),
+    ({"mask": "none"}, "^mask 'none': choose one of voco, causal"),
+    ({"mask": "causal", "compressor": "avgpool"}, "^--mask causal trains the full compressor"),
+])
+def test_train_takes_compressors_from_the_registry(tmp_path, settings, message):
+    with pytest.raises(UserError, match=message):
+        train(TrainConfig(data=(str(tmp_path),), out=str(tmp_path / "out"), init="tiny", **settings))
+    assert not (tmp_path / "out").exists()  # refused before anything is written

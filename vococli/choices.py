@@ -19,6 +19,7 @@ from vococli.errors import UserError
 Weights = Literal["full", "nf4", "int4"]  # the answering decoder's Linear weights
 Storage = Literal["auto", "int8"]  # cached keys/values: the model's dtype, or 8 bits
 JudgeName = Literal["exact", "contains", "llm"]  # how `score` judges an answer
+TrainMask = Literal["voco", "causal"]  # training: the VoCo attention mask, or none (every frame token seen)
 
 
 def options(choice) -> tuple[str, ...]:

@@ -3,7 +3,7 @@
 `ask`, `chat`, `eval`, the bench and the tests all come through `open_for_answering`: check the
 cache before any model is loaded, load the answering model (or take the one given), load the
 cache refusing one made by another model, fit its frames to the model's context, and open the
-session of the chosen decode path.
+session of the chosen decode path (a pre-allocated buffer is sized for `reserve` at first).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def open_for_answering(cache: str | Path | VideoCache, model: str | Path | VocoM
     giving it). When the frames do not fit the context: with `subsample`, evenly spaced frames
     (and a notice), else a UserError saying what to do.
     """
-    from vococli.answer.static import open_session
+    from vococli.answer.paths import open_session
     from vococli.cache.chunks import load_cache, read_info
     from vococli.cache.kv import fit_to_context
     from vococli.families.loading import load_model
@@ -40,4 +40,4 @@ def open_for_answering(cache: str | Path | VideoCache, model: str | Path | VocoM
     video = load_cache(cache, fingerprint=model.fingerprint) if isinstance(cache, (str, Path)) else cache
     room = reserve(model) if callable(reserve) else reserve
     video = fit_to_context(model, video, room, subsample, notice=notice)
-    return open_session(model, video, decode, system)
+    return open_session(model, video, decode, system, room=room)

@@ -1,8 +1,11 @@
-"""Stage 2: answer questions from a VideoCache.
+"""Stage 2: answering questions from a VideoCache, one conversation per Session.
 
 The prompt text (rendered by the checkpoint's chat template) follows the cached VoCo tokens.
-Every forward gets explicit position ids and an explicit 4D mask; nothing is inferred by a
-generation helper. Prefill and decode are separate functions.
+A Session owns the conversation (messages, positions) and delegates the keys/values to a buffer
+(answer/buffers.py), which is what a decode path chooses. `generate` is the decode loop: the
+sampled token stays on the device and is fed straight back; the host reads tokens in batches
+(every token on the CPU, `READ_BATCH` at a time on a GPU) and takes back what was fed after the
+end-of-sequence token.
 """
 
 from __future__ import annotations
@@ -10,14 +13,17 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
-from vococli.errors import UserError
-from vococli.layout import decode_mask, text_start
-from vococli.families.base import VocoModel
+from vococli.answer.buffers import DynamicBuffer, KVBuffer
+from vococli.answer.prompts import render_prompt
+from vococli.answer.sampling import Sampler
 from vococli.cache.kv import VideoCache, positions_needed
+from vococli.errors import UserError
+from vococli.families.base import VocoModel
+from vococli.layout import text_start
 
 
 @dataclass(frozen=True)
@@ -31,11 +37,11 @@ class GenerationConfig:
 
     def __post_init__(self):
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
-            raise UserError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+            raise UserError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}", option="max_new_tokens")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise UserError(f"--temperature must be a number >= 0, got {self.temperature}")
+            raise UserError(f"temperature must be a number >= 0, got {self.temperature}", option="temperature")
         if not 0 < self.top_p <= 1:  # also refuses nan
-            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}", option="top_p")
 
 
 @dataclass
@@ -60,109 +66,104 @@ class Answer:
                 "decode_tokens_per_s": round(self.decode_tokens_per_s, 2) if len(self.token_ids) > 1 else None, "total_s": round(self.total_s, 4)}
 
 
-@torch.inference_mode()
-def forward_tokens(model: VocoModel, ids: torch.Tensor, cache, start_pos: int, all_logits: bool = False) -> torch.Tensor:
-    """Feed token ids (1, N) after `cache` at positions start_pos..; returns the last logits (1, V),
-    or every position's (1, N, V) with `all_logits`."""
-    n = ids.shape[1]
-    past = cache.get_seq_length()
-    positions = torch.arange(start_pos, start_pos + n, device=model.device).view(1, n)
-    mask = decode_mask(past, n, model.dtype).to(model.device)
-    out = model.lm(input_ids=ids.to(model.device), position_ids=positions, attention_mask=mask,
-                   cache=cache, use_cache=True, logits_to_keep=0 if all_logits else 1)
-    return out.logits.float() if all_logits else out.logits[:, -1].float()
-
-
-prefill = forward_tokens  # the prompt: many tokens at once
-
-
-def decode_step(model: VocoModel, token: int, cache, pos: int) -> torch.Tensor:
-    """One generated token in, next-token logits out."""
-    return forward_tokens(model, torch.tensor([[token]]), cache, pos)
-
-
-def sample(logits: torch.Tensor, gen: GenerationConfig, rng: torch.Generator | None) -> int:
-    """Greedy argmax, or temperature + nucleus (top-p) sampling with a seeded generator."""
-    if gen.temperature <= 0:
-        return int(logits.argmax(-1))
-    probs = torch.softmax(logits[0] / gen.temperature, dim=-1).cpu()
-    sorted_p, order = probs.sort(descending=True)
-    keep = sorted_p.cumsum(0) - sorted_p < gen.top_p  # smallest set with mass >= top_p
-    sorted_p = sorted_p * keep
-    choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=rng)
-    return int(order[choice])
-
-
-def render_prompt(model: VocoModel, messages: list[dict], generation_prompt: bool = True) -> str:
-    """The text that follows the VoCo block, from the checkpoint's chat template."""
-    tok = model.tokenizer
-    if not tok.chat_template:
-        raise UserError(f"{model.path}: the tokenizer has no chat template")
-    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-    if messages and messages[-1]["content"] and messages[-1]["content"] not in text:
-        # templates such as llava-hf's render only typed content parts
-        typed = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in messages]
-        text = tok.apply_chat_template(typed, tokenize=False, add_generation_prompt=generation_prompt)
-        if messages[-1]["content"] not in text:
-            raise UserError(f"{model.path}: the chat template does not render the message text")
-    return text
-
-
-def prompt_length(model: VocoModel, question: str) -> int:
-    """Tokens of a single-turn prompt for `question`."""
-    text = render_prompt(model, [{"role": "user", "content": question}])
-    return len(model.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 class Session:
-    """A conversation over one video cache; earlier turns stay in the key/value state."""
+    """A conversation over one video cache; earlier turns stay in the key/value buffer.
 
-    def __init__(self, model: VocoModel, video: VideoCache, system: str | None = None):
-        self.model, self.video = model, video
+    `buffer`: where the keys/values live (default: a DynamicBuffer; `open_session` picks one by
+    decode path).
+    """
+
+    def __init__(self, model: VocoModel, video: VideoCache, system: str | None = None,
+                 buffer: KVBuffer | None = None):
+        self.model, self.video, self.system = model, video, system
+        self.buffer = DynamicBuffer(model, video) if buffer is None else buffer
         self.first_pos = text_start(model.layout, video.n_frames)
-        self.system = system
-        self.used = 0  # tokens in the key/value state after the video
-        self.cache = self._video_cache()
         self.reset()
 
-    def _video_cache(self):
-        """The key/value state holding the video, before any turn."""
-        return self.video.past_key_values(self.model)
-
-    def reset(self) -> None:
-        """Forget earlier turns (keep only the video)."""
-        if self.used > 0:
-            self.cache.crop(-self.used)
-            self.used = 0
-        self.messages: list[dict] = [{"role": "system", "content": self.system}] if self.system else []
-        self.pending: list[int] = []  # generated tokens not yet fed back into the state
+    @property
+    def used(self) -> int:
+        """Tokens in the key/value state after the video."""
+        return self.buffer.used
 
     @property
     def next_pos(self) -> int:
         return self.first_pos + self.used
 
-    def _prefill(self, ids: list[int], room: int) -> torch.Tensor:
-        """Feed the prompt; `room` more tokens will follow it. Returns the next-token logits (1, V)."""
-        logits = prefill(self.model, torch.tensor([ids]), self.cache, self.next_pos)
-        self.used += len(ids)
-        return logits
+    def reset(self) -> None:
+        """Forget earlier turns (keep only the video)."""
+        self.buffer.crop(self.used)
+        self.messages: list[dict] = [{"role": "system", "content": self.system}] if self.system else []
+        self.pending: list[int] = []  # generated tokens not yet fed back into the state
 
-    def _decode(self, token: int) -> torch.Tensor:
-        logits = decode_step(self.model, token, self.cache, self.next_pos)
-        self.used += 1
-        return logits
+    # the steps
 
-    def _render(self, messages: list[dict], generation_prompt: bool) -> str:
-        return render_prompt(self.model, messages, generation_prompt)
-
-    def _prompt_ids(self, question: str) -> list[int]:
+    def prompt_ids(self, question: str) -> list[int]:
+        """The tokens the next turn feeds: the previous answer's unfed tokens, then the question
+        as the chat template writes it after the conversation so far."""
         new = self.messages + [{"role": "user", "content": question}]
-        text = self._render(new, True)
+        text = render_prompt(self.model, new, True)
         if any(m["role"] == "assistant" for m in self.messages):
-            done = self._render(self.messages, False)
+            done = render_prompt(self.model, self.messages, False)
             text = text[len(done):] if text.startswith(done) else text
         ids = self.model.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self.pending + ids
+
+    def prefill(self, ids: list[int], room: int = 0) -> torch.Tensor:
+        """Feed prompt tokens; `room` more tokens will follow them. Next-token logits (1, V)."""
+        return self.buffer.prefill(torch.tensor([ids], device=self.model.device), self.next_pos, room)
+
+    def decode_step(self, token: int | torch.Tensor) -> torch.Tensor:
+        """Feed one token (an id, or a (1, 1) tensor on the device). Next-token logits (1, V)."""
+        if not isinstance(token, torch.Tensor):
+            token = torch.tensor([[token]], device=self.model.device)
+        return self.buffer.decode(token.view(1, 1), self.next_pos)
+
+    def check_room(self, ids: list[int], max_new_tokens: int) -> None:
+        need = positions_needed(self.model, self.video.n_frames, self.used + len(ids) + max_new_tokens)
+        if need > self.model.max_positions:
+            raise UserError(f"this turn needs {need} positions, the model has {self.model.max_positions}: "
+                            "shorten the question, lower --max-new-tokens, start a new conversation, or use fewer "
+                            "frames")
+
+    def generate(self, ids: list[int], gen: GenerationConfig) -> Iterator[list[int]]:
+        """The answer to prompt `ids`, as lists of token ids in the order the host reads them
+        (the last list ends with end-of-sequence when the answer finished). Closing the iterator
+        early takes the whole turn back out of the state."""
+        self.check_room(ids, gen.max_new_tokens)
+        start, pending = self.used, self.pending
+        eos = self.model.tokenizer.eos_token_id
+        sample = Sampler(gen.temperature, gen.top_p, gen.seed, gen.max_new_tokens, self.model.device)
+        every = self.buffer.read_every
+        done = False
+        try:
+            logits = self.prefill(ids, gen.max_new_tokens)
+            unread: list[torch.Tensor] = []
+            made = read = fed = 0  # tokens sampled, read by the host, fed back
+            while True:
+                token = sample(logits)
+                made += 1
+                unread.append(token)
+                last = made >= gen.max_new_tokens
+                if last or made == 1 or len(unread) >= every:
+                    got = torch.cat(unread).view(-1).tolist()
+                    unread = []
+                    if eos in got:
+                        got = got[: got.index(eos) + 1]
+                        self.buffer.crop(fed - (read + len(got) - 1))  # keep what came before eos
+                        last = True
+                    read += len(got)
+                    if last:
+                        self.pending = [got[-1]] + ([] if got[-1] == eos else [eos])
+                        done = True
+                    yield got
+                    if last:
+                        return
+                logits = self.decode_step(token)
+                fed += 1
+        finally:
+            if not done:  # interrupted: the turn never happened
+                self.buffer.crop(self.used - start)
+                self.pending = pending
 
     def ask(self, question: str, gen: GenerationConfig = GenerationConfig(),
             on_text: Callable[[str], None] | None = None) -> Answer:
@@ -171,37 +172,23 @@ class Session:
             raise UserError(f"a question is text, got {type(question).__name__}")
         tok = self.model.tokenizer
         t0 = time.perf_counter()
-        ids = self._prompt_ids(question)
-        need = positions_needed(self.model, self.video.n_frames, self.used + len(ids) + gen.max_new_tokens)
-        if need > self.model.max_positions:
-            raise UserError(f"this turn needs {need} positions, the model has {self.model.max_positions}: "
-                            "shorten the question, lower --max-new-tokens, start a new conversation, or use fewer "
-                            "frames")
-        rng = torch.Generator().manual_seed(gen.seed) if gen.temperature > 0 else None
-        logits = self._prefill(ids, gen.max_new_tokens)
+        ids = self.prompt_ids(question)
         out: list[int] = []
         shown, ttft = "", None
-        eos = tok.eos_token_id
-        while True:
-            token = sample(logits, gen, rng)
+        for got in self.generate(ids, gen):
             ttft = ttft if ttft is not None else time.perf_counter() - t0
-            out.append(token)
-            if token == eos or len(out) >= gen.max_new_tokens:
-                break
+            out += got
             if on_text is not None:
                 text = tok.decode(out, skip_special_tokens=True)
                 if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
                     on_text(text[len(shown):])
                     shown = text
-            logits = self._decode(token)
         text = tok.decode(out, skip_special_tokens=True)
         if on_text is not None and len(text) > len(shown):
             on_text(text[len(shown):])
-        finished = out[-1] == eos
-        self.pending = [out[-1]] + ([] if finished else [eos])
         self.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": text.strip()}]
         return Answer(question=question, text=text.strip(), token_ids=out, prompt_tokens=len(ids),
-                      time_to_first_token_s=ttft, total_s=time.perf_counter() - t0, finished=finished)
+                      time_to_first_token_s=ttft, total_s=time.perf_counter() - t0, finished=out[-1] == tok.eos_token_id)
 
 
 def ask_questions(model: VocoModel, video: VideoCache, questions: list[str],

@@ -15,9 +15,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from vococli.answer.buffers import StaticBuffer, forward_tokens
+from vococli.answer.opening import open_for_answering
 from vococli.answer.session import Session
 from vococli.bench.timing import BenchConfig, PeakMemory, gib, module_bytes, sync, timed
-from vococli.answer.static import open_session
 from vococli.layout import text_start
 from vococli.families.base import VocoModel
 from vococli.compress.stage1 import frame_embeddings, image_features
@@ -38,17 +39,18 @@ def random_cache(model: VocoModel, frames: int, seed: int = 0) -> VideoCache:
 
 
 def answer_once(session: Session, ids: list[int], n_tokens: int) -> tuple[float, float]:
-    """Prefill `ids` and decode exactly `n_tokens` greedy tokens (end-of-sequence ignored).
-    Returns (time to first token, decode seconds for the remaining tokens)."""
+    """Prefill `ids` and decode exactly `n_tokens` greedy tokens (end-of-sequence ignored), each
+    fed back on the device as the decode loop does. Returns (time to first token, decode seconds
+    for the remaining tokens)."""
     session.reset()
     dev = session.model.device
     sync(dev)
     t0 = time.perf_counter()
-    logits = session._prefill(ids, n_tokens)
-    token = int(logits.argmax(-1))
+    token = session.prefill(ids, n_tokens).argmax(-1, keepdim=True)
+    sync(dev)
     t1 = time.perf_counter()
     for _ in range(n_tokens - 1):
-        token = int(session._decode(token).argmax(-1))
+        token = session.decode_step(token).argmax(-1, keepdim=True)
     sync(dev)
     return t1 - t0, time.perf_counter() - t1
 
@@ -61,15 +63,16 @@ def measure_answering(session: Session, ids: list[int], cfg: BenchConfig) -> dic
     total = statistics.median(r[0] + r[1] for r in runs)
     row = {"ttft_ms": round(ttft * 1000, 2), "decode_tok_s": round((cfg.answer_tokens - 1) / decode, 1),
            "answer_ms": round(total * 1000, 1)}
-    decoder = getattr(session, "decoder", None)
+    buffer = session.buffer
+    decoder = getattr(buffer, "decoder", None)
     if decoder is not None and decoder.graph is not None:
         # the GPU time of the captured step alone: what the decode rate would be with no host work
         session.reset()
-        session._prefill(ids, cfg.answer_tokens)
-        steps = min(16, session.width - session.base - session.used - 1)
+        session.prefill(ids, cfg.answer_tokens)
+        steps = min(16, buffer.width - buffer.base - buffer.used - 1)
         if steps > 0:
             row["graph_only_tok_s"] = round(1000 / decoder.replay_ms(steps), 1)
-            session.cache.crop(-steps)
+            buffer.cache.crop(-steps)  # the replays wrote past what the buffer counts as used
         session.reset()
     return row
 
@@ -85,8 +88,6 @@ def table7(cfg: BenchConfig, model: VocoModel, lm: VocoModel) -> list[dict]:
     (c) the K VoCo tokens' cached keys/values: the first token (prefill) and a whole answer of
     `answer_tokens` tokens, on the plain path. The vision tower is not counted in any row."""
     from transformers import DynamicCache
-
-    from vococli.answer.session import forward_tokens
 
     dev, lay = cfg.device, model.layout
     ids = lm.tokenizer(QUESTION, add_special_tokens=False)["input_ids"]
@@ -174,9 +175,9 @@ def long_caches(cfg: BenchConfig, models: dict[str, VocoModel], bandwidth_gb_s: 
                 try:
                     with PeakMemory(cfg.device) as mem:
                         t0 = time.perf_counter()
-                        session = open_session(lm, video, path, room=len(ids) + cfg.answer_tokens + 24)
-                        if path != "dynamic":  # the buffer is filled at the first prompt: do that inside the load time
-                            session._ensure_room(len(ids) + cfg.answer_tokens)
+                        session = open_for_answering(video, lm, reserve=len(ids) + cfg.answer_tokens + 24, decode=path)
+                        if isinstance(session.buffer, StaticBuffer):  # filled at the first prompt: count it in the load time
+                            session.buffer.ensure_room(len(ids) + cfg.answer_tokens)
                         sync(cfg.device)
                         row["load_s"] = round(time.perf_counter() - t0, 3)
                         row.update(measure_answering(session, ids, cfg))

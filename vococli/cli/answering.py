@@ -57,7 +57,7 @@ def ask(
 ):
     """Answer questions about a compressed video."""
     from vococli.answer.opening import open_for_answering
-    from vococli.answer.static import resolve_decode
+    from vococli.answer.paths import resolve_decode
 
     check_decode_device(decode, device)
     weights = answer_weights(weights, load_4bit)
@@ -65,7 +65,7 @@ def ask(
     if not qs:
         raise UserError("give a question (ask CACHE \"question\" or -q \"question\")")
     gen = _gen_config(max_new_tokens, temperature, top_p, seed)
-    from vococli.answer.session import prompt_length
+    from vococli.answer.prompts import prompt_length
 
     quiet_transformers()
     session = open_for_answering(cache, model_path(model), device=device, dtype=dtype, weights=weights,

@@ -41,14 +41,11 @@ def answer_weights(weights: str | None, load_4bit: bool) -> str:
 
 def check_decode_device(decode: str, device: str) -> None:
     """Refuse an unknown --decode path, or a CUDA-only one without CUDA, before any model is loaded."""
-    from vococli.errors import UserError
-    from vococli.answer.static import check_decode
+    from vococli.answer.paths import check_decode, check_decode_device as check_path
     from vococli.families.loading import resolve_device
 
     check_decode(decode)
-    dev = resolve_device(device)
-    if decode == "graph" and dev.type != "cuda":
-        raise UserError(f"--decode graph needs a CUDA GPU (this run is on {dev.type}); use static or compiled")
+    check_path(decode, resolve_device(device).type)
 
 
 def model_path(model: str | None) -> str:

@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vococli.answer.static import resolve_decode
+from vococli.answer.paths import resolve_decode
 from vococli.compressors import DEFAULT_COMPRESSOR
 from vococli.errors import UserError
 from vococli.eval.formats import file_sha256

@@ -24,7 +24,8 @@ from typing import Callable
 import torch
 
 from vococli.answer.opening import open_for_answering
-from vococli.answer.session import GenerationConfig, prompt_length
+from vococli.answer.prompts import prompt_length
+from vococli.answer.session import GenerationConfig
 from vococli.cache.meta import video_identity
 from vococli.compress.pipeline import compress_video
 from vococli.families.loading import DTYPE_NAMES
@@ -46,7 +47,7 @@ class EvalConfig:
     suffix: str = DEFAULT_SUFFIX
     max_new_tokens: int = 32
     batch_size: int | None = None  # frames per forward pass while compressing (None: automatic)
-    decode: str = "auto"  # answering path (fast_decode.DECODE_MODES)
+    decode: str = "auto"  # answering path (answer.paths.decode_names)
     cache_dtype: str = "auto"  # storage of cached keys/values (kv_quant.STORAGES)
     retry_errors: bool = False  # ask again the questions whose video failed before
 

@@ -14,7 +14,7 @@ class TrainConfig:
     init: str | None = None  # a preset name (tiny, synth-small): start from random weights
     checkpoint: str | None = None  # or start from this checkpoint folder
     mask: str = "voco"  # voco | causal (no VoCo mask: the upper bound / first curriculum stage)
-    compressor: str = "voco"  # voco | avgpool
+    compressor: str = "voco"  # a name in vococli.compressors (voco, avgpool, ...)
     voco_tokens: int | None = None  # default: the checkpoint's, else 2
     lr: float = 5e-4
     weight_decay: float = 0.0

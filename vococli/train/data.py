@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vococli.answer.session import render_prompt
+from vococli.answer.prompts import render_prompt
 from vococli.errors import UserError
 from vococli.families.base import ImageSpec, VocoModel
 from vococli.compress.pixels import to_pixels

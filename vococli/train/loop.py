@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from vococli.choices import TrainMask, check
 from vococli.errors import UserError
 from vococli.families.base import VocoModel
 from vococli.train.data import FrameStore, MediaItem, epoch_batches, make_batch, read_training_file
@@ -70,10 +71,13 @@ def train(cfg: TrainConfig, resume: bool = False,
     None (library callers): `cfg`'s resumable settings are used, the others are the run's."""
     from vococli.families.loading import resolve_device
 
-    if cfg.mask not in ("voco", "causal") or cfg.compressor not in ("voco", "avgpool"):
-        raise UserError("--mask is voco or causal; --compressor is voco or avgpool")
-    if cfg.compressor == "avgpool" and cfg.mask != "voco":
-        raise UserError("--compressor avgpool replaces the VoCo tokens; it cannot be combined with --mask causal")
+    from vococli.compressors import DEFAULT_COMPRESSOR, get_compressor
+
+    check(cfg.mask, TrainMask, "mask")
+    get_compressor(cfg.compressor)  # refuses a name no compressor has
+    if cfg.mask == "causal" and cfg.compressor not in (DEFAULT_COMPRESSOR, "full"):
+        raise UserError(f"--mask causal trains the full compressor (every frame token kept); it cannot be combined "
+                        f"with --compressor {cfg.compressor}")
     if min(cfg.batch_size, cfg.grad_accum, cfg.save_every, cfg.max_frames) < 1 or cfg.lr <= 0:
         raise UserError("--batch-size, --grad-accum, --save-every and --max-frames must be at least 1 "
                         "and --lr positive")

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from vococli.answer.session import render_prompt
+from vococli.answer.prompts import render_prompt
 from vococli.errors import UserError
 from vococli.eval.judge import normalise
 from vococli.families.base import VocoModel
