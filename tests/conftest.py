@@ -47,3 +47,13 @@ def compressed(tiny_ckpt, tmp_path_factory):
     r = run("compress", CLIP, "-o", out, "--model", tiny_ckpt, "--fps", "1", "--json")
     assert r.returncode == 0, r.stderr
     return out, json.loads(r.stdout)
+
+
+@pytest.fixture
+def cache(tiny_model, tmp_path):
+    """The test clip compressed at 2 fps into chunks of 8 frames (21 frames, 3 chunks)."""
+    from helpers import CLIP, SAMPLING
+    from vococli.compress.pipeline import compress_video
+
+    return compress_video(tiny_model, CLIP, tmp_path / "e.voco", SAMPLING, chunk_frames=8,
+                          notice=lambda s: None).path

@@ -187,3 +187,23 @@ def check_four_bit_against_full_precision(q4, full, video, steps: int = 16) -> N
     assert (got - same_weights).abs().max() <= 0.02 * same_weights.abs().max()
     assert torch.nn.functional.cosine_similarity(got, fp, dim=-1).min() > 0.9
     assert (got - fp).abs().max() > (got - same_weights).abs().max()  # the 4-bit error is really there
+
+
+def chunk_metadata(path) -> dict:
+    """A cache chunk's metadata, as written."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["vococli"])
+
+
+def rewrite_chunk(path, meta: dict | None = None, tensors: dict | None = None) -> None:
+    """Write a chunk again with other metadata and/or tensors (what tampering or a buggy writer does)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    save_file(tensors if tensors is not None else load_file(str(path)), str(path),
+              metadata={"vococli": json.dumps(meta if meta is not None else chunk_metadata(path))})

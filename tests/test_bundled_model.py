@@ -101,7 +101,7 @@ def test_a_cache_written_before_the_family_and_compressor_fields_still_answers(b
 
     info = read_info(OLD_CACHE)
     assert (info.meta.family, info.meta.compressor, info.meta.storage) == ("llava_llama", "voco", "float32")
-    old = load_cache(OLD_CACHE, fingerprint=bundled.fingerprint)
+    old = load_cache(OLD_CACHE, fingerprint=bundled.fingerprints)
     new = load_cache(compress_video(bundled, DEMO, tmp_path / "demo.voco", notice=lambda s: None).path)
     # the same numbers up to float32 rounding: a different torch thread count (`train --threads`
     # sets it for the process) changes the order of summation, not the result

@@ -177,3 +177,92 @@ def test_judge_does_not_retry_client_errors(tmp_path):
     finally:
         srv.shutdown()
     assert j.verdict is None and j.error.startswith("HTTP 401") and Refuse.hits == 1
+
+
+class Dripping(BaseHTTPRequestHandler):
+    """A hostile endpoint: `drip` sends a valid status line, then the body a byte every 0.3 s
+    forever; `headers` drips its header lines; `hang` reads the request and never answers."""
+
+    mode = "drip"
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        import time
+
+        self.rfile.read(int(self.headers["Content-Length"]))
+        try:
+            if self.mode == "hang":
+                time.sleep(30)
+                return
+            if self.mode == "headers":
+                self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                for _ in range(100):
+                    self.wfile.write(b"X: y\r\n")
+                    self.wfile.flush()
+                    time.sleep(0.3)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            for _ in range(100):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.3)
+        except OSError:  # the client gave up
+            pass
+
+
+@pytest.fixture
+def hostile():
+    servers = []
+
+    def start(mode):
+        handler = type(f"Dripping_{mode}", (Dripping,), {"mode": mode})
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        srv.daemon_threads = True
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+        return f"http://127.0.0.1:{srv.server_address[1]}/v1"
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.parametrize("mode", ["drip", "headers", "hang"])
+def test_a_judge_request_ends_at_its_deadline_whatever_the_endpoint_does(tmp_path, hostile, mode):
+    import time
+
+    url = hostile(mode)
+    cfg = JudgeConfig(url=url, model="m", retries=0, timeout_s=1.0)
+    judge = LLMJudge(cfg, JudgementCache(tmp_path / "j.jsonl"))
+    t0 = time.monotonic()
+    j = judge.judge("q?", "a", "b")
+    took = time.monotonic() - t0
+    judge.close()
+    assert j.verdict is None and "no complete reply within 1 s" in j.error, j.error
+    assert took < 2.5, took
+
+
+def test_the_whole_scoring_run_has_a_deadline(tmp_path, hostile):
+    """20 judgements, 2 workers, 3 retries of 1 s each against a dripping endpoint: without the
+    run deadline ~40 s or more; with a 3 s deadline the command ends in about that."""
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"id": str(i), "question": f"q{i}?", "answer": "a", "pred": "b"} for i in range(20)]
+    (run / "run.json").write_text(json.dumps({"format": "vococli-eval-run"}))
+    (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "vococli", "score", str(run), "--judge", "llm", "--judge-url",
+                        hostile("drip"), "--judge-model", "m", "--judge-workers", "2", "--judge-retries", "3",
+                        "--judge-timeout", "1", "--judge-deadline", "3"], capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - t0
+    assert r.returncode == 1 and "all 20 judgements failed" in r.stderr, r.stderr
+    assert took < 12, took  # the deadline plus start-up (~4-7 s here)

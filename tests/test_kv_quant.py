@@ -67,7 +67,7 @@ def test_storage_is_part_of_the_job(tiny_model, both):
 
 def test_eval_keys_caches_and_runs_by_storage(tiny_model):
     from vococli.eval.record import comparable
-    from vococli.eval.run import cache_key
+    from vococli.eval.caches import cache_key
     from vococli.video.sampling import Sampling
 
     plain = cache_key(CLIP, tiny_model, Sampling())
@@ -81,7 +81,7 @@ def test_eval_cache_names_tell_a_bf16_cache_from_a_float32_one(tiny_model):
     to resume a cache of another dtype, which would fail every question of that video."""
     from dataclasses import replace
 
-    from vococli.eval.run import cache_key
+    from vococli.eval.caches import cache_key
     from vococli.video.sampling import Sampling
 
     bf16 = replace(tiny_model, dtype=torch.bfloat16)

@@ -97,6 +97,21 @@ def test_find_video_extensions_prefix_and_traversal(tmp_path):
         find_video(videos, "nothere", "activitynet")
 
 
+def test_a_video_name_cannot_leave_the_folder_through_a_symbolic_link(tmp_path):
+    videos, outside = tmp_path / "videos", tmp_path / "outside"
+    videos.mkdir(), outside.mkdir()
+    (outside / "passwd").write_text("root:x:0:0")
+    (videos / "evil").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UserError, match="'evil/passwd' leads out of the videos folder through a symbolic link"):
+        find_video(videos, "evil/passwd", "msvd")
+    (videos / "inside").mkdir()
+    (videos / "inside" / "a.mp4").write_bytes(b"x")
+    (videos / "alias").symlink_to(videos / "inside", target_is_directory=True)  # a link that stays inside
+    assert find_video(videos, "alias/a", "msvd") == videos / "alias" / "a.mp4"
+    (videos / "linked.mp4").symlink_to(outside / "passwd")  # a file link put there by the folder's owner
+    assert find_video(videos, "linked", "msvd") == videos / "linked.mp4"
+
+
 # --- the real samples (skipped when ../shared/realdata is absent) ---
 
 needs_real = pytest.mark.skipif(not REAL_QA.is_dir(), reason="real QA samples not present")

@@ -10,7 +10,7 @@ from vococli.errors import UserError
 from vococli.layout import voco_allowed, voco_mask, voco_positions
 from vococli.families.loading import load_model
 from vococli.compress.stage1 import frame_embeddings, image_features
-from vococli.train.checkpoint import load_optimizer, save_optimizer
+from vococli.train.checkpoint import load_optimizer, save_optimizer, state_file
 from vococli.train.config import TrainConfig
 from vococli.train.loop import train
 from vococli.compressors.avgpool import AvgPoolCompressor
@@ -127,36 +127,92 @@ def test_resume_continues_from_the_saved_step(synth_data, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(out=str(tmp_path / "half"), steps=12, **base), on_step=stop_at_7)
-    assert json.loads((tmp_path / "half" / "trainer" / "state.json").read_text())["state"]["step"] == 5
+    assert json.loads(state_file(tmp_path / "half").read_text())["state"]["step"] == 5
     # settings other than the length come from the saved run, whatever the command line says
     resumed = train(TrainConfig(out=str(tmp_path / "half"), steps=12, **{**base, "batch_size": 3, "seed": 9}),
                     resume=True)
     assert resumed.step == 12 and [s for s, _ in resumed.losses] == list(range(1, 13))
     assert [l for _, l in resumed.losses] == pytest.approx([l for _, l in full.losses], rel=1e-4)
-    state = json.loads((tmp_path / "half" / "trainer" / "state.json").read_text())
+    state = json.loads(state_file(tmp_path / "half").read_text())
     assert state["state"]["step"] == 12
 
 
-def test_an_interrupted_save_is_finished_or_forgotten(synth_data, tmp_path):
-    """A staged save with its completion mark is moved into place; one without it is dropped."""
-    from vococli.train.checkpoint import COMPLETE, STAGING, commit_staged
+def test_a_save_is_one_atomic_switch(synth_data, tmp_path, monkeypatch):
+    """Killed at any point of a save, the run folder holds one whole save: the model files and the
+    trainer state of the same step (never the model of step 4 beside the state of step 2)."""
+    import os
+
+    import vococli.train.checkpoint as ckpt
 
     base = dict(data=(str(synth_data),), init="tiny", batch_size=8, warmup_steps=1, threads=1, save_every=2)
     out = tmp_path / "run"
     train(TrainConfig(out=str(out), steps=2, **base))
-    before = (out / "model.safetensors").read_bytes()
-    (out / STAGING / "trainer").mkdir(parents=True)  # killed while writing: no completion mark
-    (out / STAGING / "model.safetensors").write_bytes(b"partial")
-    commit_staged(out)
-    assert not (out / STAGING).exists() and (out / "model.safetensors").read_bytes() == before
-    resumed = train(TrainConfig(out=str(out), steps=4, **base), resume=True)
-    assert resumed.step == 4
-    state = json.loads((out / "trainer" / "state.json").read_text())
-    (out / STAGING / "trainer").mkdir(parents=True)  # killed while moving a complete save into place
-    (out / STAGING / "trainer" / "state.json").write_text(json.dumps({**state, "state": {**state["state"], "step": 9}}))
-    (out / STAGING / COMPLETE).write_text("9\n")
-    commit_staged(out)
-    assert json.loads((out / "trainer" / "state.json").read_text())["state"]["step"] == 9
+    assert (out / "LATEST").read_text().strip() == "save-0000002"
+    before = (out / "save-0000002" / "model.safetensors").read_bytes()
+    real_replace, calls = os.replace, []
+
+    def killed_at(n):
+        def replace(a, b):
+            calls.append((a, b))
+            if len(calls) == n:
+                raise KeyboardInterrupt  # the process dies here
+            real_replace(a, b)
+        return replace
+
+    for n in (1, 2):  # before the save's folder is in place; before LATEST is switched
+        calls.clear()
+        monkeypatch.setattr(ckpt.os, "replace", killed_at(n))
+        with pytest.raises(KeyboardInterrupt):
+            train(TrainConfig(out=str(out), steps=4, **base), resume=True)
+        monkeypatch.setattr(ckpt.os, "replace", real_replace)
+        current = load_model(out, device="cpu")  # what any reader sees meanwhile: step 2, whole
+        assert current.path.endswith("save-0000002")
+        assert (out / "save-0000002" / "model.safetensors").read_bytes() == before
+        assert json.loads(state_file(out).read_text())["state"]["step"] == 2
+    resumed = train(TrainConfig(out=str(out), steps=4, **base), resume=True)  # tidies, then continues
+    assert resumed.step == 4 and (out / "LATEST").read_text().strip() == "save-0000004"
+    assert sorted(p.name for p in out.iterdir()) == ["LATEST", "loss.csv", "loss.png", "save-0000004"]
+    assert json.loads(state_file(out).read_text())["state"]["step"] == 4
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_save(synth_data, tmp_path, monkeypatch):
+    import errno
+
+    import vococli.train.checkpoint as ckpt
+    from vococli.errors import EnvironmentProblem
+
+    base = dict(data=(str(synth_data),), init="tiny", batch_size=8, warmup_steps=1, threads=1, save_every=2)
+    out = tmp_path / "run"
+    train(TrainConfig(out=str(out), steps=2, **base))
+
+    def no_room(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "save_optimizer", no_room)
+    with pytest.raises(EnvironmentProblem, match="checkpoint of step 4 cannot be written .No space left on device.; "
+                                                 "the save of step 2 is kept"):
+        train(TrainConfig(out=str(out), steps=4, **base), resume=True)
+    assert (out / "LATEST").read_text().strip() == "save-0000002" and not list(out.glob(".*.tmp"))
+    monkeypatch.undo()
+    assert train(TrainConfig(out=str(out), steps=4, **base), resume=True).step == 4
+
+
+def test_a_run_folder_of_the_flat_layout_resumes(synth_data, tmp_path):
+    """Run folders written before versioned saves (checkpoint files in the folder itself) load,
+    resume, and switch to versioned saves at their next save."""
+    import shutil
+
+    base = dict(data=(str(synth_data),), init="tiny", batch_size=8, warmup_steps=1, threads=1, save_every=2)
+    out = tmp_path / "run"
+    train(TrainConfig(out=str(out), steps=2, **base))
+    for f in (out / "save-0000002").iterdir():  # the layout of the earlier vococli
+        shutil.move(str(f), str(out / f.name))
+    (out / "save-0000002").rmdir()
+    (out / "LATEST").unlink()
+    assert load_model(out, device="cpu").path == str(out)
+    assert train(TrainConfig(out=str(out), steps=4, **base), resume=True).step == 4
+    assert not (out / "model.safetensors").exists() and not (out / "trainer").exists()
+    assert load_model(out, device="cpu").path.endswith("save-0000004")
 
 
 def test_batched_scoring_answers_like_compress_and_ask(tiny_model, synth_data, tmp_path):
@@ -253,7 +309,7 @@ def test_resume_refuses_other_settings_given_on_the_command_line(synth_data, tmp
     assert "--lr is 0.0005 in the run, 0.001 now" in r.stderr and "--mask is voco in the run, causal now" in r.stderr
     r = run("--steps", 2, "--resume", "--init", "tiny", "--batch-size", 8, "--threads", 2)
     assert r.returncode == 0 and "2 steps" in r.stdout, r.stderr
-    assert json.loads((tmp_path / "run" / "trainer" / "state.json").read_text())["config"]["init"] == "tiny"
+    assert json.loads(state_file(tmp_path / "run").read_text())["config"]["init"] == "tiny"
 
 
 def test_a_bare_resume_keeps_the_runs_length_and_settings(synth_data, tmp_path):
@@ -264,7 +320,7 @@ def test_a_bare_resume_keeps_the_runs_length_and_settings(synth_data, tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("--resume", "--threads", 1)
     assert r.returncode == 0 and "2 steps" in r.stdout, r.stdout + r.stderr
-    config = json.loads((tmp_path / "run" / "trainer" / "state.json").read_text())["config"]
+    config = json.loads(state_file(tmp_path / "run").read_text())["config"]
     assert config["steps"] == 2 and config["keep_frames"] is False and config["save_every"] == 1
     r = run("--resume", "-o", tmp_path / "run", "--from", tmp_path / "elsewhere")
     assert r.returncode == 1 and "--from is not set in the run" in r.stderr, r.stderr
@@ -298,7 +354,7 @@ def test_from_a_llava_checkpoint_without_voco_registers_it_by_name(tmp_path, syn
                       batch_size=4, threads=1))
     after = load_model(tmp_path / "run", device="cpu")
     assert after.layout.voco_id not in (None, after.tokenizer.unk_token_id)
-    emb = LlavaForConditionalGeneration.from_pretrained(tmp_path / "run").get_input_embeddings()
+    emb = LlavaForConditionalGeneration.from_pretrained(after.path).get_input_embeddings()
     assert emb.num_embeddings >= len(after.tokenizer)
 
 

@@ -44,12 +44,30 @@ def test_plan_caps_frames_evenly():
 
 def test_plan_rejects_bad_ranges():
     ts = np.arange(10.0)
-    with pytest.raises(UserError, match="--fps must be a positive number, got 0"):
-        plan_frames(ts, Sampling(fps=0))
     with pytest.raises(UserError, match="no frames between --start 20"):
         plan_frames(ts, Sampling(start=20))
-    with pytest.raises(UserError, match="--start must be .*0 or more"):
-        plan_frames(ts, Sampling(start=-5))
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"fps": 0}, "fps must be a positive number, got 0"), ({"fps": -2}, "fps must be a positive number"),
+    ({"fps": float("nan")}, "fps must be a positive number"), ({"start": -5}, "start must be .*0 or more"),
+    ({"end": float("inf")}, "end must be"), ({"start": 5, "end": 2}, "end .2. must not come before start"),
+    ({"max_frames": 0}, "max_frames must be at least 1"),
+])
+def test_sampling_settings_are_refused_where_they_are_made(settings, message):
+    with pytest.raises(UserError, match="^" + message) as e:
+        Sampling(**settings)
+    assert e.value.for_command_line().startswith("--" + e.value.option.replace("_", "-"))
+
+
+def test_eval_refuses_a_negative_fps_before_any_work(tmp_path):
+    from helpers import run
+
+    (tmp_path / "q.json").write_text("[]")
+    r = run("eval", "msvd", "--qa", tmp_path / "q.json", "--videos", tmp_path, "--out", tmp_path / "out",
+            "--fps", "-2")
+    assert r.returncode == 1 and r.stderr.startswith("error: --fps must be a positive number, got -2.0"), r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_sample_clip_reads_with_timestamps():
@@ -106,9 +124,9 @@ def test_missing_and_non_video_files(tmp_path):
 
 def test_plan_rejects_non_finite_and_caps_huge_rates():
     ts = np.arange(10.0)
-    for bad in (Sampling(fps=float("inf")), Sampling(fps=float("nan")), Sampling(start=float("nan"))):
+    for bad in ({"fps": float("inf")}, {"fps": float("nan")}, {"start": float("nan")}):
         with pytest.raises(UserError, match="must be a"):
-            plan_frames(ts, bad)
+            Sampling(**bad)
     assert plan_frames(ts, Sampling(fps=1e9)).tolist() == list(range(10))
 
 

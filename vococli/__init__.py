@@ -5,7 +5,7 @@
     model = load_model("checkpoint/")
     compress_video(model, "movie.mp4", "movie.voco", Sampling(fps=1))
     answerer = load_model("checkpoint/", vision=False)
-    video = load_cache("movie.voco", fingerprint=answerer.fingerprint)
+    video = load_cache("movie.voco", fingerprint=answerer.fingerprints)
     print(Session(answerer, video).ask("what is the man holding?").text)
 """
 

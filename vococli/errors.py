@@ -1,4 +1,4 @@
-"""The one exception type for mistakes a user can fix (bad file, bad flag, wrong model).
+"""The exception types for problems a user can fix (bad file, bad flag, wrong model; a full disk).
 
 The CLI prints these as a single line and exits with code 1; anything else is a bug (exit 2).
 """
@@ -20,6 +20,16 @@ class UserError(Exception):
         if self.option and text.startswith(self.option):
             return "--" + self.option.replace("_", "-") + text[len(self.option):]
         return text
+
+
+class EnvironmentProblem(UserError):
+    """A problem of the machine rather than of the input (a full disk, memory exhausted, a folder
+    another process holds): it may go away by itself, so batch jobs stop (or wait) instead of
+    recording it as an item's result."""
+
+
+class FolderBusy(EnvironmentProblem):
+    """Another process holds the folder's lock."""
 
 
 def check_output_folder(path, marker: str, what: str, own: tuple[str, ...] = ()) -> None:

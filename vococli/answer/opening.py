@@ -37,7 +37,7 @@ def open_for_answering(cache: str | Path | VideoCache, model: str | Path | VocoM
     if isinstance(model, (str, Path)):
         k = read_info(cache).meta.k if isinstance(cache, (str, Path)) else None  # the cache is checked first
         model = load_model(model, device=device, dtype=dtype, vision=False, weights=weights, voco_tokens=k)
-    video = load_cache(cache, fingerprint=model.fingerprint) if isinstance(cache, (str, Path)) else cache
+    video = load_cache(cache, fingerprint=model.fingerprints) if isinstance(cache, (str, Path)) else cache
     room = reserve(model) if callable(reserve) else reserve
     video = fit_to_context(model, video, room, subsample, notice=notice)
     return open_session(model, video, decode, system, room=room)

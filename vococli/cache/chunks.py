@@ -15,12 +15,12 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from safetensors import safe_open
 
-from vococli.cache.meta import FORMAT, FORMAT_VERSION, CacheMeta, ChunkMeta
+from vococli.cache.meta import FORMAT, FORMAT_VERSION, READABLE_VERSIONS, CacheMeta, ChunkMeta
 from vococli.errors import UserError
 
 if TYPE_CHECKING:  # torch and the model code load only when tensors are read or written, so that
@@ -56,14 +56,16 @@ def read_chunk_meta(path: Path) -> ChunkMeta:
         raise UserError(f"{path}: damaged cache chunk (its metadata is not valid JSON: {e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{path}: not a vococli cache chunk")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise UserError(f"{path}: cache format version {meta.get('format_version')}, this vococli reads "
                         f"version {FORMAT_VERSION}; compress the video again")
     return ChunkMeta.from_dict(meta, path)
 
 
 def list_chunks(root: Path) -> list[Chunk]:
-    """All chunks in order, each validated; refuses gaps, unreadable chunks and chunks of another cache."""
+    """All chunks in order, each validated, and the sequence checked: no gaps, every chunk of this
+    cache (its identity and cache id), frames continuous, counts adding up, nothing after the
+    final chunk, a final chunk accounting for every planned frame."""
     root = Path(root)
     if not root.exists():
         raise UserError(f"{root}: cache not found")
@@ -76,11 +78,30 @@ def list_chunks(root: Path) -> list[Chunk]:
         if c.meta.chunk != i:
             raise UserError(f"{c.path}: holds chunk {c.meta.chunk} of a cache, not chunk {i}: it was copied "
                             "from another cache")
-        differs = c.meta.cache.first_difference(chunks[0].meta.cache)
+        differs = c.meta.cache.first_difference(chunks[0].meta.cache, CacheMeta.CHUNK_IDENTITY)
         if differs:
             raise UserError(f"{c.path}: belongs to another cache (its {differs.replace('_', ' ')} differs "
                             "from the first chunk's)")
+    _check_sequence(chunks)
     return chunks
+
+
+def _check_sequence(chunks: list[Chunk]) -> None:
+    stored = targets = lost = 0  # up to the end of the chunk before
+    for i, c in enumerate(chunks):
+        m = c.meta
+        if m.frame_start != stored:
+            raise UserError(f"{c.path}: starts at frame {m.frame_start}, but the chunks before it hold {stored} "
+                            "frames: it comes from another cache, or the cache is damaged")
+        if min(m.frames, m.frames_lost) < 0 or m.targets_done < targets or m.frames_lost < lost \
+                or m.targets_done - m.frames_lost != stored + m.frames or m.targets_done > m.cache.planned_frames:
+            raise UserError(f"{c.path}: damaged cache chunk (its frame counts do not add up with the chunks before it)")
+        if m.final and i != len(chunks) - 1:
+            raise UserError(f"{chunks[i + 1].path}: comes after the final chunk: it comes from another cache")
+        if m.final and m.targets_done != m.cache.planned_frames:
+            raise UserError(f"{c.path}: marked final after {m.targets_done} of {m.cache.planned_frames} planned "
+                            "frames: the cache is damaged")
+        stored, targets, lost = stored + m.frames, m.targets_done, m.frames_lost
 
 
 @dataclass(frozen=True)
@@ -107,8 +128,9 @@ def read_info(root: Path) -> CacheInfo:
                      chunks=len(chunks), bytes=sum(c.path.stat().st_size for c in chunks))
 
 
-def load_cache(root: Path, fingerprint: str | None = None, allow_partial: bool = False) -> VideoCache:
-    """Load every chunk into one VideoCache; refuses unfinished caches and foreign models."""
+def load_cache(root: Path, fingerprint: str | Sequence[str] | None = None, allow_partial: bool = False) -> VideoCache:
+    """Load every chunk into one VideoCache; refuses unfinished caches and foreign models
+    (`fingerprint`: the answering model's, or all it may carry: `VocoModel.fingerprints`)."""
     import torch
 
     from vococli.cache.kv import VideoCache
@@ -118,26 +140,36 @@ def load_cache(root: Path, fingerprint: str | None = None, allow_partial: bool =
     if not chunks or not (chunks[-1].meta.final or allow_partial):
         raise UserError(f"{root}: the cache is unfinished; run `vococli compress` again to complete it")
     meta = chunks[-1].meta.cache
-    if fingerprint is not None and meta.model_fingerprint != fingerprint:
+    accepted = (fingerprint,) if isinstance(fingerprint, str) else fingerprint
+    if accepted is not None and meta.model_fingerprint not in accepted:
         raise UserError(f"{root}: made by another model ({meta.model_path}, fingerprint "
-                        f"{meta.model_fingerprint}; this model is {fingerprint}); compress the video with "
+                        f"{meta.model_fingerprint}; this model is {accepted[0]}); compress the video with "
                         "this model")
     names = ["keys", "values"] + (["keys_scale", "values_scale"] if meta.storage == "int8" else [])
     # chunks are read and checked in threads (zlib's CRC and safetensors' reads release the GIL)
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         read = list(pool.map(lambda c: _read_chunk(c, names), chunks))
+    shape = read[0]["keys"].shape
+    for c, r in zip(chunks, read):
+        if r["keys"].shape[0] != shape[0] or r["keys"].shape[2:] != shape[2:]:
+            raise UserError(f"{c.path}: damaged cache chunk (its keys are shaped {tuple(r['keys'].shape)}, the "
+                            f"first chunk's {tuple(shape)})")
     parts = {n: [r[n] for r in read] for n in names}
-    stamps = [r["timestamps"].numpy() for r in read]
+    stamps = np.concatenate([r["timestamps"].numpy() for r in read])
     full = {n: torch.cat(p, dim=1) for n, p in parts.items()}
     if full["keys"].shape[1] == 0:
         raise UserError(f"{root}: the cache holds no frames")
-    return VideoCache(keys=full["keys"], values=full["values"], timestamps=np.concatenate(stamps), meta=meta,
+    if len(stamps) > 1 and not (np.diff(stamps) > 0).all():
+        at = int(np.argmax(np.diff(stamps) <= 0)) + 1
+        raise UserError(f"{root}: damaged cache (frame {at}'s time {stamps[at]:.3f} s does not come after "
+                        f"frame {at - 1}'s {stamps[at - 1]:.3f} s)")
+    return VideoCache(keys=full["keys"], values=full["values"], timestamps=stamps, meta=meta,
                       key_scales=full.get("keys_scale"), value_scales=full.get("values_scale"))
 
 
 def _read_chunk(c: Chunk, names: list[str]) -> dict:
     """The tensors `names` and the timestamps of one chunk, checked against the chunk's CRC-32s
-    (chunks written before the checksums were added have none and are read as they are)."""
+    (every tensor in format version 2; in version 1, those it has) and against its metadata."""
     try:
         with safe_open(str(c.path), framework="pt") as f:
             tensors = {n: f.get_tensor(n) for n in [*names, "timestamps"]}
@@ -147,6 +179,11 @@ def _read_chunk(c: Chunk, names: list[str]) -> dict:
         if n in tensors and crc32(tensors[n]) != expected:
             raise UserError(f"{c.path}: damaged cache chunk (its {n} do not match their checksum); "
                             "compress the video again with --overwrite")
+    keys, m = tensors["keys"], c.meta
+    if keys.dim() != 5 or keys.shape[1] != m.frames or keys.shape[3] != m.cache.k \
+            or tensors["values"].shape != keys.shape or tuple(tensors["timestamps"].shape) != (m.frames,):
+        raise UserError(f"{c.path}: damaged cache chunk (its tensors' shapes do not match its metadata: "
+                        f"{m.frames} frames of {m.cache.k} slots)")
     return tensors
 
 

@@ -1,9 +1,14 @@
 """The one schema of a cache's metadata (docs/cache-format.md): what every chunk of a .voco folder
 records about the cache as a whole (`CacheMeta`) and about itself (`ChunkMeta`).
 
-On disk both are one flat JSON object under the safetensors metadata key "vococli". Fields added
-after format version 1 was first written (`family`, `compressor`, `storage`) have defaults that
-describe the caches written before them, so those still load.
+On disk both are one flat JSON object under the safetensors metadata key "vococli". A chunk's
+format version says which rules it follows:
+
+- version 2 (written now): every field is required, including `cache_id` (the same in every chunk
+  of one cache, so a chunk copied in from another cache is recognised even when that cache has
+  the same video and settings) and a CRC-32 of every tensor of the chunk;
+- version 1 (written before): fields added during it (`family`, `compressor`, `storage`) take
+  defaults that describe the caches written before them; checksums are checked where present.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from pathlib import Path
 from vococli.errors import UserError
 
 FORMAT = "vococli-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 def video_identity(path: Path) -> dict:
@@ -53,6 +59,7 @@ class CacheMeta:
     storage: str = ""  # "int8", or the dtype itself ("" in caches written before the field: read as dtype)
     family: str = "llava_llama"  # vococli.families
     compressor: str = "voco"  # vococli.compressors
+    cache_id: str = ""  # random, made by the first compress of the cache ("" in version 1)
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -60,9 +67,10 @@ class CacheMeta:
         if not self.storage:
             object.__setattr__(self, "storage", self.dtype)
 
-    # fields that must agree for a resume to continue a cache, and between its chunks
-    IDENTITY = ("format", "format_version", "model_fingerprint", "family", "compressor", "k", "c0", "dtype",
+    # fields that must agree for a resume to continue a cache; between its chunks, the cache id too
+    IDENTITY = ("format", "format_version", "model_fingerprint", "family", "compressor", "k", "c0", "n_image", "dtype",
                 "storage", "video", "sampling", "planned_frames")
+    CHUNK_IDENTITY = IDENTITY + ("cache_id",)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,9 +79,14 @@ class CacheMeta:
     def from_dict(cls, d: dict, where) -> CacheMeta:
         return cls(**_fields_of(cls, d, where))
 
-    def first_difference(self, other: CacheMeta) -> str | None:
-        """The first identity field in which two caches differ, or None."""
-        for key in self.IDENTITY:
+    @property
+    def tensor_names(self) -> tuple[str, ...]:
+        """The tensors every chunk of this cache holds."""
+        return ("keys", "values", "timestamps") + (("keys_scale", "values_scale") if self.storage == "int8" else ())
+
+    def first_difference(self, other: CacheMeta, keys: tuple[str, ...] = IDENTITY) -> str | None:
+        """The first of `keys` (default: the identity fields) in which two caches differ, or None."""
+        for key in keys:
             a, b = getattr(self, key), getattr(other, key)
             if not (same_video(a, b) if key == "video" else a == b):
                 return key
@@ -100,7 +113,15 @@ class ChunkMeta:
     @classmethod
     def from_dict(cls, d: dict, where) -> ChunkMeta:
         own = _fields_of(cls, d, where, skip=("cache",))
-        return cls(cache=CacheMeta.from_dict(d, where), **own)
+        meta = cls(cache=CacheMeta.from_dict(d, where), **own)
+        if meta.cache.format_version >= 2:
+            if not meta.cache.cache_id:
+                raise UserError(f"{where}: damaged cache chunk (its metadata field 'cache_id' is empty)")
+            names = set(meta.cache.tensor_names)
+            if set(meta.crc32) != names or not all(type(v) is int for v in meta.crc32.values()):
+                raise UserError(f"{where}: damaged cache chunk (its checksums name {sorted(meta.crc32)}, not "
+                                f"{sorted(names)})")
+        return meta
 
 
 TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,), dict: (dict,)}
@@ -115,13 +136,14 @@ def _fields_of(cls, d: dict, where, skip: tuple[str, ...] = ()) -> dict:
     """The values of `cls`'s fields in `d`, checked for presence and type (one line naming the first
     missing or mistyped field)."""
     hints = _type_hints(cls)
+    every_field = d.get("format_version") != 1  # version 1 had fields added during it
     out = {}
     for f in fields(cls):
         if f.name in skip:
             continue
         if f.name not in d:
-            if f.default is not MISSING or f.default_factory is not MISSING:
-                continue  # a field added later: its default describes older caches
+            if not every_field and (f.default is not MISSING or f.default_factory is not MISSING):
+                continue  # a field added during version 1: its default describes older caches
             raise UserError(f"{where}: damaged cache chunk (its metadata has no {f.name!r})")
         value = d[f.name]
         kinds = TYPES.get(hints[f.name], (object,))

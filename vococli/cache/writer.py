@@ -10,13 +10,15 @@ import os
 import queue
 import shutil
 import threading
-import weakref
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vococli.cache.chunks import chunk_path, crc32, list_chunks
 from vococli.cache.meta import CacheMeta, ChunkMeta
-from vococli.errors import UserError
+from vococli.errors import EnvironmentProblem, UserError
+from vococli.locks import lock_folder
 
 if TYPE_CHECKING:
     import torch
@@ -33,13 +35,16 @@ class CacheWriter:
     """Writes chunks of a cache; on open, finds where an earlier run of the same job stopped.
     While open (a `with` block) it holds a lock on the folder: a second writer is refused."""
 
-    def __init__(self, root: Path, meta: CacheMeta, overwrite: bool = False):
+    def __init__(self, root: Path, meta: CacheMeta, overwrite: bool = False, wait_s: float = 0.0,
+                 on_wait=None):
         self.root = Path(root)
-        self.meta = meta
+        self._lock_owner = _LockOwner()
+        self.meta = meta if meta.cache_id else replace(meta, cache_id=uuid.uuid4().hex)
         self.next_chunk, self.targets_done, self.frames_done, self.lost = 0, 0, 0, 0
         self.finished = False
+        self.wait_s, self.on_wait = wait_s, on_wait  # how long to wait for another process writing it
         if self.root.is_dir():
-            _lock_folder(self, self.root)
+            self._lock()
         if self.root.exists() and overwrite:
             self._remove()
         if self.root.exists():
@@ -47,13 +52,15 @@ class CacheWriter:
         if not self.root.exists():  # new, or removed by --overwrite (whose lock went with it)
             self.release()
             self.root.mkdir(parents=True, exist_ok=True)
-            _lock_folder(self, self.root)
+            self._lock()
+
+    def _lock(self) -> None:
+        lock_folder(self._lock_owner, self.root, "another vococli process is writing this cache; wait for it to "
+                    "finish or choose another -o", wait_s=self.wait_s, on_wait=self.on_wait)
 
     def release(self) -> None:
         """Let another process write this cache (a writer is released when collected, too)."""
-        unlock = getattr(self, "_unlock", None)
-        if unlock is not None:
-            unlock()
+        self._lock_owner.release()
 
     def __enter__(self) -> CacheWriter:
         return self
@@ -86,6 +93,7 @@ class CacheWriter:
         if key:
             raise UserError(f"{self.root}: exists with a different {key.replace('_', ' ')}; "
                             "pass --overwrite to replace it or choose another -o")
+        self.meta = replace(self.meta, cache_id=last.cache.cache_id)  # the chunks to come belong to this cache
         self.next_chunk = len(chunks)
         self.targets_done = last.targets_done
         self.frames_done = sum(c.meta.frames for c in chunks)
@@ -117,7 +125,7 @@ class CacheWriter:
             except Exception as e:  # safetensors reports a failed write (a full disk) as its own error
                 if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":
                     reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
-                    raise UserError(f"{path}: cannot be written ({reason}); the chunks before it are kept: "
+                    raise EnvironmentProblem(f"{path}: cannot be written ({reason}); the chunks before it are kept: "
                                     "make room and run the same command to resume") from None
                 raise
             try:
@@ -131,23 +139,6 @@ class CacheWriter:
         self.next_chunk += 1
         self.frames_done += int(keys.shape[1])
         self.targets_done, self.lost, self.finished = int(targets_done), int(lost), bool(final)
-
-
-def _lock_folder(owner, folder: Path) -> None:
-    """Hold an exclusive lock on `folder` while `owner` lives, so that two processes never write
-    one cache (where the platform has flock; it is released when the process ends)."""
-    try:
-        import fcntl
-    except ImportError:
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise UserError(f"{folder}: another vococli process is writing this cache; wait for it to finish "
-                        "or choose another -o") from None
-    owner._unlock = weakref.finalize(owner, os.close, fd)  # runs once: at release() or when owner is collected
 
 
 class ChunkQueue:
@@ -226,3 +217,10 @@ def _to_pinned(t: torch.Tensor) -> torch.Tensor:
 
     host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
     return host.copy_(t, non_blocking=True)
+
+
+class _LockOwner:
+    """Holds a writer's folder lock (lock_folder sets `release`)."""
+
+    def release(self) -> None:  # replaced by the lock's finalizer once the lock is taken
+        pass

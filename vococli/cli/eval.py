@@ -42,7 +42,8 @@ def eval_command(
     max_new_tokens: int = typer.Option(32, help="Longest answer in tokens (greedy decoding)."),
     batch_size: Optional[int] = typer.Option(
         None, help="Frames per forward pass while compressing (default: from free GPU memory; 8 on CPU)."),
-    retry_errors: bool = typer.Option(False, help="Ask again the questions whose video failed in an earlier run."),
+    retry_errors: bool = typer.Option(False, help="Ask again every question that failed in an earlier run (without "
+                                      "it, only those whose video has appeared or changed since)."),
     decode: str = DecodeOpt,
     weights: Optional[str] = typer.Option(
         None, "--weights", show_default=False, help="The language model's weights while answering: full (the "
@@ -113,6 +114,8 @@ def eval_command(
         return
     earlier = (f" ({summary.earlier_errors} of them errors; --retry-errors asks them again)"
                if summary.earlier_errors else "")
+    if summary.retried:
+        earlier += f"; {summary.retried} earlier errors asked again"
     out.print(f"{out_dir}: {summary.answered} answered, {summary.errors} errors, {summary.already_done} done "
               f"before{earlier}, of {summary.questions} questions; {summary.videos} videos ({summary.frames_compressed} "
               f"frames compressed) in {summary.seconds:.1f} s. Score with: vococli score {out_dir}")
@@ -127,6 +130,10 @@ def score_command(
     judge_key_env: str = typer.Option("OPENAI_API_KEY", help="Environment variable holding the API key."),
     judge_workers: int = typer.Option(8, help="Concurrent judge requests."),
     judge_retries: int = typer.Option(4, help="Retries per judgement after the first attempt."),
+    judge_timeout: float = typer.Option(60.0, help="Seconds one judge request may take in all (connecting, "
+                                        "sending, the whole reply)."),
+    judge_deadline: float = typer.Option(3600.0, help="Seconds all judgements of this scoring may take; those not "
+                                         "made by then are failed (scoring again makes them). 0: no limit."),
     as_json: bool = typer.Option(False, "--json", help="Print the scores as JSON."),
 ):
     """Score a run: accuracy overall and per question type (errors and failed judgements apart).
@@ -143,8 +150,11 @@ def score_command(
             raise UserError("--judge llm needs --judge-url and --judge-model")
         if judge_workers < 1 or judge_retries < 0:
             raise UserError("--judge-workers must be at least 1 and --judge-retries at least 0")
+        if not (judge_timeout > 0 and judge_timeout < float("inf")) or not (0 <= judge_deadline < float("inf")):
+            raise UserError(f"--judge-timeout must be a positive number of seconds and --judge-deadline 0 or more, "
+                            f"got {judge_timeout} and {judge_deadline}")
         cfg = JudgeConfig(url=judge_url, model=judge_model, key_env=judge_key_env, workers=judge_workers,
-                          retries=judge_retries)
+                          retries=judge_retries, timeout_s=judge_timeout, deadline_s=judge_deadline or None)
     progress = Progress(TextColumn("[bold]judging"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=err, disable=not err.is_terminal or judge != "llm")
     with progress:

@@ -65,7 +65,8 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
                    overwrite: bool = False, cache_dtype: str = "auto",
                    progress: Callable[[int, int], None] | None = None,
                    notice: Callable[[str], None] = print, compile: bool = False,
-                   video_backend: str = "auto") -> CompressResult:
+                   video_backend: str = "auto", wait_s: float = 0.0,
+                   on_wait: Callable[[], None] | None = None) -> CompressResult:
     """Compress `video` into a .voco cache folder with `model` (which must include the vision tower).
 
     `progress(done, total)` is called after every batch with counts of planned frames.
@@ -74,6 +75,8 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
     "auto" stores them in the model's dtype. `compile` runs stage 1's full layers through
     torch.compile (stage1.compiled_layers; compiled on the first batch and on each new batch size).
     `video_backend` names the decoder (vococli.video.backends); "auto" tries each in turn.
+    When another process is writing the same cache, wait up to `wait_s` seconds for it
+    (`on_wait()` is called when waiting starts), then raise FolderBusy.
     """
     if model.llava is None:
         raise UserError("compress needs the full model with its vision tower")
@@ -98,7 +101,7 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
         video=video_identity(video), sampling=sampling.to_dict(), planned_frames=int(len(plan)),
         backend=reader.backend, video_duration_s=round(reader.duration, 6), family=model.family.name,
         compressor=DEFAULT_COMPRESSOR)
-    with CacheWriter(out, meta, overwrite=overwrite) as writer:  # locks the folder until the end
+    with CacheWriter(out, meta, overwrite=overwrite, wait_s=wait_s, on_wait=on_wait) as writer:  # locks the folder until the end
         total = len(plan)
         if writer.finished:
             notice(f"{out}: already complete ({writer.frames_done} frames); nothing to do")

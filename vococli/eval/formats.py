@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vococli.errors import UserError
+from vococli.eval.items import QAItem, make_item
 
 DATASETS = ("msvd", "msrvtt", "activitynet")
 FORMATS = ("qa-pair", "llama-vid", "original", "chatunivi")
@@ -29,18 +29,6 @@ WH_WORDS = ("what", "who", "how", "when", "where")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 # what MSVD-QA, MSRVTT-QA and ActivityNet-QA evaluations append to each question (short answers)
 SHORT_ANSWER_SUFFIX = " Answer the question using a single word or phrase."
-
-
-@dataclass(frozen=True)
-class QAItem:
-    id: str
-    video: str  # name as the annotation gives it (a file stem, usually)
-    question: str
-    answer: str
-    type: str | None = None
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def file_sha256(path: Path) -> str:
@@ -58,6 +46,8 @@ def _load_list(path: Path) -> list:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise UserError(f"{path}: JSON nested too deeply to read (more than about 1000 levels); refused") from None
     if not isinstance(data, list) or not data:
         raise UserError(f"{path}: expected a non-empty JSON list of questions")
     for i, entry in enumerate(data):
@@ -146,17 +136,14 @@ def read_questions(dataset: str, qa: Path | None = None, answers: Path | None = 
         raise UserError(f"--format {fmt} is a single file: pass it with --qa")
     elif fmt == "llama-vid":
         _need(main, data, ("video_id", "question", "answer", "id"))
-        items = [QAItem(str(e["id"]), str(e["video_id"]), str(e["question"]), str(e["answer"]),
-                        question_type(dataset, str(e["question"]), e.get("type"))) for e in data]
+        items = [_item(dataset, i, e["id"], e["video_id"], e) for i, e in enumerate(data)]
     elif fmt == "original":
         _need(main, data, ("video_id", "question", "answer", "id"))
         names = _original_names(dataset, main, data, mapping)
-        items = [QAItem(str(e["id"]), names[i], str(e["question"]), str(e["answer"]),
-                        question_type(dataset, str(e["question"]), e.get("type"))) for i, e in enumerate(data)]
+        items = [_item(dataset, i, e["id"], names[i], e) for i, e in enumerate(data)]
     else:  # chatunivi
         _need(main, data, ("video_name", "question", "answer"))
-        items = [QAItem(str(i), str(e["video_name"]), str(e["question"]), str(e["answer"]),
-                        question_type(dataset, str(e["question"]), e.get("type"))) for i, e in enumerate(data)]
+        items = [_item(dataset, i, i, e["video_name"], e) for i, e in enumerate(data)]
     seen: set[str] = set()
     for item in items:
         if item.id in seen:
@@ -185,9 +172,15 @@ def _read_pair(dataset: str, qpath: Path, qdata: list, apath: Path) -> list[QAIt
         if extra:
             parts.append(f"{len(extra)} answer(s) have no question (first: {extra[0]!r})")
         raise UserError(f"{qpath} and {apath} do not pair by question_id: {'; '.join(parts)}")
-    return [QAItem(qid, str(e["video_name"]), str(e["question"]), str(by_id[qid]["answer"]),
-                   question_type(dataset, str(e["question"]), by_id[qid].get("type")))
-            for qid, e in zip(qids, qdata)]
+    return [_item(dataset, i, e["question_id"], e["video_name"],
+                  {"question": e["question"], "answer": by_id[qid]["answer"], "type": by_id[qid].get("type")})
+            for i, (qid, e) in enumerate(zip(qids, qdata))]
+
+
+def _item(dataset: str, index: int, raw_id, video, entry: dict) -> QAItem:
+    question = entry["question"]
+    kind = question_type(dataset, question, entry.get("type")) if isinstance(question, str) else None
+    return make_item(index, raw_id, video, question, entry["answer"], kind)
 
 
 def _original_names(dataset: str, path: Path, data: list, mapping: Path | None) -> list[str]:
@@ -207,6 +200,9 @@ def find_video(videos: Path, name: str, dataset: str) -> Path:
 
     Tries the name as given, then each usual extension, then ActivityNet's `v_` prefix (added or
     removed). Raises UserError (one line) when the name leaves the folder or nothing is found.
+    The folders a name goes through are resolved (symbolic links followed) and must stay inside
+    `videos`; the file itself may be a link, as in a folder of links to the videos' storage
+    (links placed by whoever fills the folder, not by an annotation file).
     """
     if not name or Path(name).is_absolute() or "\\" in name or any(p == ".." for p in Path(name).parts):
         raise UserError(f"video name {name!r} leaves the videos folder; refused")
@@ -217,9 +213,13 @@ def find_video(videos: Path, name: str, dataset: str) -> Path:
     for stem in stems:
         candidates.append(stem)
         candidates += [stem + ext for ext in VIDEO_EXTENSIONS]
+    root = videos.resolve()
     for c in candidates:
         path = videos / c  # lexically inside: the name has no '..' and is relative
         if path.is_file():
+            if not path.parent.resolve().is_relative_to(root):
+                raise UserError(f"video name {name!r} leads out of the videos folder through a symbolic link "
+                                f"({path.parent} -> {path.parent.resolve()}); refused")
             return path
     raise UserError(f"video {name!r} not found in {videos} (tried {', '.join(VIDEO_EXTENSIONS)}"
                     f"{' and the v_ prefix' if len(stems) > 1 else ''})")

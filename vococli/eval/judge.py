@@ -6,6 +6,11 @@ OpenAI chat completions protocol to any compatible endpoint, caches every judgem
 re-score costs nothing), records the model name the endpoint reports, runs requests
 concurrently, retries transport errors, HTTP 429/5xx and unparseable replies with exponential
 backoff, and reports judgements that still fail as failed, never as "no".
+
+Time is bounded whatever the endpoint does: each request has a total deadline (`timeout_s`, for
+connecting, sending and the whole reply, so an endpoint that drips a byte at a time is cut off
+too), and the whole scoring run has one (`deadline_s`); judgements not made by then are failed
+(and made by the next scoring, the others coming from the cache).
 """
 
 from __future__ import annotations
@@ -68,7 +73,17 @@ class JudgeConfig:
     workers: int = 8
     retries: int = 4  # attempts after the first
     backoff_s: float = 1.0  # first wait; doubles each retry (with jitter), at most 30 s
-    timeout_s: float = 60.0
+    timeout_s: float = 60.0  # total time one request may take, the whole reply included
+    deadline_s: float | None = 3600.0  # total time of a scoring run's judgements (None: no limit)
+    max_reply_bytes: int = 1 << 20
+
+    def __post_init__(self):
+        import math
+
+        for name in ("timeout_s", "deadline_s", "backoff_s"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive number of seconds, got {v}")
 
     @property
     def endpoint(self) -> str:
@@ -150,6 +165,7 @@ class LLMJudge:
         key = os.environ.get(cfg.key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.client = httpx.Client(timeout=cfg.timeout_s, headers=headers)
+        self.run_deadline = None if cfg.deadline_s is None else time.monotonic() + cfg.deadline_s
 
     def close(self) -> None:
         self.client.close()
@@ -165,8 +181,13 @@ class LLMJudge:
         problem = "no attempt"
         for attempt in range(self.cfg.retries + 1):
             if attempt:
-                wait = min(30.0, self.cfg.backoff_s * 2 ** (attempt - 1))
-                self.sleep(wait * (0.5 + random.random() / 2))
+                wait = min(30.0, self.cfg.backoff_s * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+                if self.run_deadline is not None and time.monotonic() + wait >= self.run_deadline:
+                    break
+                self.sleep(wait)
+            if self._left() <= 0:
+                problem = f"the scoring deadline ({self.cfg.deadline_s:g} s) passed; score again to go on"
+                break
             verdict, problem, retry, reported = self._attempt(body)
             if verdict is not None:
                 self.cache.put(key, verdict[0], verdict[1], reported)
@@ -175,19 +196,45 @@ class LLMJudge:
                 break
         return Judgement(None, None, None, error=problem)
 
+    def _left(self) -> float:
+        """Seconds left before the scoring run's deadline (inf without one)."""
+        return float("inf") if self.run_deadline is None else self.run_deadline - time.monotonic()
+
     def _attempt(self, body: dict):
-        """One request: (verdict or None, problem, worth retrying, reported model)."""
+        """One request: (verdict or None, problem, worth retrying, reported model). It runs in a
+        thread of its own and is given up at its deadline, whatever the endpoint is doing (a
+        reply that never comes, or headers dripped a byte at a time)."""
+        budget = min(self.cfg.timeout_s, self._left())
+        end = time.monotonic() + budget
+        result: list = []
+        worker = threading.Thread(target=lambda: result.append(self._request(body, budget, end)), daemon=True)
+        worker.start()
+        worker.join(budget + 0.25)
+        if not result:
+            return None, f"no complete reply within {budget:.3g} s", True, None
+        return result[0]
+
+    def _request(self, body: dict, budget: float, end: float):
         import httpx
 
         try:
-            r = self.client.post(self.cfg.endpoint, json=body)
+            with self.client.stream("POST", self.cfg.endpoint, json=body, timeout=httpx.Timeout(budget)) as r:
+                data = bytearray()
+                for chunk in r.iter_bytes():
+                    data += chunk
+                    if time.monotonic() > end:  # a reply dripped slowly: stop reading it
+                        return None, f"no complete reply within {budget:.3g} s", True, None
+                    if len(data) > self.cfg.max_reply_bytes:
+                        return None, f"reply larger than {self.cfg.max_reply_bytes} bytes", False, None
+        except httpx.TimeoutException:
+            return None, f"no complete reply within {budget:.3g} s", True, None
         except httpx.HTTPError as e:
             return None, f"{type(e).__name__}: {e}", True, None
         if r.status_code != 200:
             retry = r.status_code == 429 or r.status_code >= 500
-            return None, f"HTTP {r.status_code}: {r.text[:200]}", retry, None
+            return None, f"HTTP {r.status_code}: {bytes(data[:200]).decode('utf-8', 'replace')}", retry, None
         try:
-            reply = r.json()
+            reply = json.loads(bytes(data))
             content = reply["choices"][0]["message"]["content"]
             reported = reply.get("model")
         except (ValueError, KeyError, IndexError, TypeError):

@@ -50,7 +50,8 @@ def run_record(model: VocoModel, cfg: EvalConfig, annotations: list[Path], fmt: 
     return {
         "format": RUN_FORMAT, "format_version": RUN_VERSION, "dataset": cfg.dataset, "annotation_format": fmt,
         "annotations": [{"file": str(p), "sha256": file_sha256(p)} for p in annotations],
-        "model_path": str(model.path), "model_fingerprint": model.fingerprint, "k": model.layout.k,
+        "model_path": str(model.path), "model_fingerprint": model.fingerprint,
+        "earlier_model_fingerprints": list(model.earlier_fingerprints), "k": model.layout.k,
         "dtype": DTYPE_NAMES[model.dtype], "device": str(model.device),
         "sampling": cfg.sampling.to_dict(), "cache_dtype": cfg.cache_dtype,
         "answer_weights": (answerer or model).weights, "family": model.family.name, "compressor": DEFAULT_COMPRESSOR,
@@ -68,6 +69,8 @@ def check_same_run(run_file: Path, record: dict) -> None:
         old = json.loads(run_file.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{run_file}: unreadable run record ({e}); choose a new --out") from None
+    if isinstance(old, dict) and old.get("model_fingerprint") in record.get("earlier_model_fingerprints", ()):
+        old["model_fingerprint"] = record["model_fingerprint"]  # the same checkpoint, named as vococli 0.1 did
     changed = [k for k in SAME_RUN_KEYS if comparable(old.get(k), k) != comparable(record.get(k), k)]
     if changed:
         def what(k):  # "answer_weights (nf4 there, int4 now)", "sampling max_frames (None there, 8 now)"

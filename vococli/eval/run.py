@@ -3,40 +3,46 @@
 A run folder holds:
 - `run.json`: what is needed to reproduce the run (model fingerprint, K, sampling, prompt suffix,
   chat template hash, generation settings, package versions, annotation file hashes);
-- `predictions.jsonl`: one JSON object per question, appended and flushed to disk as each answer
-  is made, so a killed run loses at most the question in flight and a rerun skips what is done;
-- `caches/` (unless a shared cache folder is given): one .voco cache per video, keyed by the
-  video's identity, the model fingerprint, K and the sampling, reused across runs.
-A video that is missing or cannot be decoded gives each of its questions a line with an `error`
-field and no `pred`; the run goes on.
+- `predictions.jsonl` (eval/predictions.py): one JSON object per question, appended and flushed
+  to disk as each answer is made, so a killed run loses at most the question in flight and a
+  rerun skips what is done;
+- `caches/` (unless a shared cache folder is given): one .voco cache per video (eval/caches.py).
+One run at a time holds the folder (a second is refused). A question whose annotation entry or
+video is unusable gets a line with its `error`; problems of the machine (a full disk, memory)
+stop the run without recording anything, and a rerun goes on from there.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from vococli.answer.opening import open_for_answering
 from vococli.answer.prompts import prompt_length
 from vococli.answer.session import GenerationConfig
-from vococli.cache.meta import video_identity
-from vococli.compress.pipeline import compress_video
-from vococli.families.loading import DTYPE_NAMES
-from vococli.errors import UserError, check_output_folder
+from vococli.errors import EnvironmentProblem, UserError, check_output_folder
+from vococli.eval.caches import compressed_cache
+from vococli.eval.formats import SHORT_ANSWER_SUFFIX, find_video
+from vococli.eval.items import QAItem, printable
+from vococli.eval.predictions import (NO_ROOM, PREDICTIONS, PredictionLog, may_have_gone_away, read_predictions,
+                                      rewrite_predictions, video_state)
 from vococli.eval.record import RUN_FILE, check_same_run, run_record
 from vococli.families.base import VocoModel
-from vococli.eval.formats import SHORT_ANSWER_SUFFIX, QAItem, find_video
+from vococli.locks import lock_folder
 from vococli.video.sampling import Sampling
 
-PREDICTIONS = "predictions.jsonl"
+if TYPE_CHECKING:
+    from vococli.answer.session import Session
+
 DEFAULT_SUFFIX = SHORT_ANSWER_SUFFIX
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     dataset: str
@@ -49,7 +55,7 @@ class EvalConfig:
     batch_size: int | None = None  # frames per forward pass while compressing (None: automatic)
     decode: str = "auto"  # answering path (answer.paths.decode_names)
     cache_dtype: str = "auto"  # storage of cached keys/values (kv_quant.STORAGES)
-    retry_errors: bool = False  # ask again the questions whose video failed before
+    retry_errors: bool = False  # ask again every question that failed before (not only those whose cause may be gone)
 
     @property
     def caches(self) -> Path:
@@ -60,63 +66,13 @@ class EvalConfig:
 class EvalSummary:
     questions: int  # in the annotation selection
     already_done: int  # answered (or failed) by an earlier run
-    earlier_errors: int  # of already_done, recorded as errors (--retry-errors asks them again)
+    earlier_errors: int  # of already_done, recorded as errors that cannot have gone away (--retry-errors asks them)
     answered: int  # answered by this run
     errors: int  # questions this run recorded as errors
     videos: int  # videos whose questions this run answered (or failed)
     frames_compressed: int  # frames this run compressed (0 when every cache already existed)
     seconds: float
-
-
-def read_predictions(path: Path, repair: bool = False, raw: bytes | None = None) -> list[dict]:
-    """The lines of predictions.jsonl (or of `raw`, its bytes read by the caller). A torn last
-    line (the process died mid-write) is dropped, and with `repair` cut from the file; a broken
-    line elsewhere is an error."""
-    if raw is None:
-        if not path.exists():
-            return []
-        raw = path.read_bytes()
-    keep = len(raw)
-    if raw and not raw.endswith(b"\n"):
-        keep = raw.rfind(b"\n") + 1
-        if repair:
-            with open(path, "r+b") as f:
-                f.truncate(keep)
-    rows = []
-    for n, line in enumerate(raw[:keep].decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise UserError(f"{path}: line {n} is not JSON; the file is damaged") from None
-    return rows
-
-
-def cache_key(video: Path, model: VocoModel, sampling: Sampling, cache_dtype: str = "auto") -> str:
-    ident = video_identity(video)
-    key = {"size": ident["size"], "sha256_ends": ident["sha256_ends"], "model": model.fingerprint,
-           "k": model.layout.k, "sampling": sampling.to_dict()}
-    if cache_dtype != "auto":  # keeps the names of caches made before the option existed
-        key["storage"] = cache_dtype
-    if model.dtype != torch.float32:  # a float32 (CPU) and a bf16 (GPU) run can share a cache folder
-        key["dtype"] = DTYPE_NAMES[model.dtype]
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class PredictionLog:
-    """Append-only predictions.jsonl: every line is on disk before the next question starts."""
-
-    def __init__(self, path: Path):
-        self.f = open(path, "a", encoding="utf-8")
-
-    def write(self, row: dict) -> None:
-        self.f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self.f.flush()
-        os.fsync(self.f.fileno())
-
-    def close(self) -> None:
-        self.f.close()
+    retried: int = 0  # earlier errors asked again by this run
 
 
 def group_by_video(items: list[QAItem]) -> list[tuple[str, list[QAItem]]]:
@@ -145,6 +101,16 @@ def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations
         raise UserError("the answering model must be the compressing model's checkpoint")
     check_run_folder(cfg)
     cfg.out.mkdir(parents=True, exist_ok=True)
+    lock = _RunLock()
+    lock_folder(lock, cfg.out, "another vococli eval is writing this run folder; wait for it to finish or "
+                "choose another --out")
+    try:
+        return _run_locked(model, answerer, items, cfg, annotations, fmt, on_video, on_item, notice, t0)
+    finally:
+        lock.release()
+
+
+def _run_locked(model, answerer, items, cfg, annotations, fmt, on_video, on_item, notice, t0) -> EvalSummary:
     record = run_record(model, cfg, annotations, fmt, answerer)
     run_file, pred_file = cfg.out / RUN_FILE, cfg.out / PREDICTIONS
     if run_file.exists():
@@ -152,58 +118,52 @@ def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations
     elif pred_file.exists():
         raise UserError(f"{pred_file}: predictions without a {RUN_FILE}; choose a new --out")
     rows = read_predictions(pred_file, repair=True)
-    if cfg.retry_errors and any("error" in r for r in rows):
-        rows = [r for r in rows if "error" not in r]
-        tmp = pred_file.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        os.replace(tmp, pred_file)
-    tmp = run_file.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, run_file)
+    again = [r for r in rows if "error" in r and (cfg.retry_errors or may_have_gone_away(r, cfg.videos, cfg.dataset))]
+    if again:
+        rows = [r for r in rows if not any(r is a for a in again)]
+        _machine_problems(lambda: rewrite_predictions(pred_file, rows), f"writing {pred_file}")
+    _machine_problems(lambda: _write_record(run_file, record), f"writing {run_file}")
     done = {str(r.get("id")) for r in rows}
     failed = {str(r.get("id")) for r in rows if "error" in r}
     todo = [it for it in items if it.id not in done]
-    groups = group_by_video(todo)
-    n_done0 = len(items) - len(todo)
-    summary = EvalSummary(len(items), n_done0, sum(it.id in failed for it in items), 0, 0, 0, 0, 0.0)
-    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
-    log = PredictionLog(pred_file)
-    try:
+    summary = EvalSummary(len(items), len(items) - len(todo), sum(it.id in failed for it in items), 0, 0, 0, 0, 0.0,
+                          retried=len(again))
+    log = _machine_problems(lambda: PredictionLog(pred_file), f"opening {pred_file}")
+
+    def count(n_answered: int = 0, n_errors: int = 0) -> None:
+        summary.answered += n_answered
+        summary.errors += n_errors
         if on_item:
-            on_item(n_done0, len(items))
+            on_item(summary.already_done + summary.answered + summary.errors, len(items))
+
+    def fail(q: QAItem, base: dict, error: str, kind: str, **extra) -> None:
+        log.write({"id": q.id, **base, "question": printable(q.question), "answer": printable(q.answer),
+                   **({"type": q.type} if q.type else {}), "error": error, "error_kind": kind, **extra})
+        count(n_errors=1)
+
+    try:
+        count()
+        for q in [it for it in todo if it.problem]:  # entries that cannot be asked: no video is opened
+            fail(q, {"video": q.video}, q.problem, "question")
+        groups = group_by_video([it for it in todo if not it.problem])
         for v_i, (name, questions) in enumerate(groups):
             if on_video:
                 on_video(v_i, len(groups))
             summary.videos += 1
-            base = {"video": name}
-            try:
-                path = find_video(cfg.videos, name, cfg.dataset)
-                tc = time.perf_counter()
-                cache, computed = _compressed(model, path, cfg)
-                summary.frames_compressed += computed
-                base["compress_s"] = round(time.perf_counter() - tc, 3)
-                reserve = max(prompt_length(model, q.question + cfg.suffix) for q in questions) + cfg.max_new_tokens
-                session = open_for_answering(cache, answerer, reserve, cfg.decode, subsample=True, notice=notice)
-                base["frames"] = session.video.n_frames
-            except (UserError, OSError, RuntimeError, ValueError) as e:  # this video is unusable; go on
-                if not isinstance(e, UserError):
-                    e = f"{name}: {type(e).__name__}: {e}"
+            session, base, error = _open_video(model, answerer, name, questions, cfg, summary, notice)
+            if error is not None:  # the video itself is missing or unusable: its questions' error
+                state = video_state(cfg.videos, name, cfg.dataset)
                 for q in questions:
-                    log.write({"id": q.id, **base, "question": q.question, "answer": q.answer,
-                               **({"type": q.type} if q.type else {}), "error": str(e)})
-                    summary.errors += 1
-                    if on_item:
-                        on_item(n_done0 + summary.answered + summary.errors, len(items))
+                    fail(q, base, error, "video", video_state=state)
                 continue
+            gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
             for q in questions:
                 session.reset()
-                ans = session.ask(q.question + cfg.suffix, gen)
+                ans = _machine_problems(lambda: session.ask(q.question + cfg.suffix, gen), f"answering {q.id!r}")
                 log.write({"id": q.id, **base, "question": q.question, "answer": q.answer, "pred": ans.text,
                            **({"type": q.type} if q.type else {}), "answer_s": round(ans.total_s, 4),
                            "ttft_s": round(ans.time_to_first_token_s, 4), "answer_tokens": len(ans.token_ids)})
-                summary.answered += 1
-                if on_item:
-                    on_item(n_done0 + summary.answered + summary.errors, len(items))
+                count(n_answered=1)
         if on_video:
             on_video(len(groups), len(groups))
     finally:
@@ -212,11 +172,58 @@ def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations
     return summary
 
 
-def _compressed(model: VocoModel, path: Path, cfg: EvalConfig) -> tuple[Path, int]:
-    """The video's cache folder, compressed (or finished) first when needed; also the number of
-    frames compressed now."""
-    cfg.caches.mkdir(parents=True, exist_ok=True)
-    cache = cfg.caches / f"{path.stem}-{cache_key(path, model, cfg.sampling, cfg.cache_dtype)}.voco"
-    res = compress_video(model, path, cache, cfg.sampling, batch_size=cfg.batch_size, cache_dtype=cfg.cache_dtype,
-                         notice=lambda s: None)
-    return cache, res.computed
+def _open_video(model, answerer, name: str, questions: list[QAItem], cfg: EvalConfig, summary: EvalSummary,
+                notice) -> tuple[Session | None, dict, str | None]:
+    """The session over the video's cache (compressed first when needed), the fields its lines
+    share, and the video's own error (None when it opened). Machine problems are raised."""
+    base: dict = {"video": name}
+    try:
+        path = find_video(cfg.videos, name, cfg.dataset)
+        tc = time.perf_counter()
+        cache, computed = _machine_problems(lambda: compressed_cache(model, path, cfg, notice), f"compressing {name}")
+        summary.frames_compressed += computed
+        base["compress_s"] = round(time.perf_counter() - tc, 3)
+        reserve = max(prompt_length(model, q.question + cfg.suffix) for q in questions) + cfg.max_new_tokens
+        session = _machine_problems(lambda: open_for_answering(cache, answerer, reserve, cfg.decode, subsample=True,
+                                                               notice=notice), f"loading the cache of {name}")
+        base["frames"] = session.video.n_frames
+        return session, base, None
+    except EnvironmentProblem:
+        raise
+    except UserError as e:
+        return None, base, str(e)
+    except (OSError, RuntimeError, ValueError) as e:  # a decoder's own error about this file
+        return None, base, f"{name}: {type(e).__name__}: {e}"
+
+
+def _machine_problems(work: Callable, what: str):
+    """Run `work()`, turning a full disk or exhausted memory into an EnvironmentProblem that stops
+    the run (nothing is recorded for the question in hand; a rerun asks it)."""
+    try:
+        return work()
+    except EnvironmentProblem:
+        raise
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        raise EnvironmentProblem(f"out of memory while {what}; nothing was recorded for it: free memory (or lower "
+                                 f"--batch-size) and run the same command to go on ({type(e).__name__})") from None
+    except OSError as e:
+        if e.errno in NO_ROOM:
+            raise EnvironmentProblem(f"no room on the disk while {what} ({e.strerror}); nothing was recorded for it: "
+                                     "make room and run the same command to go on") from None
+        raise
+
+
+def _write_record(run_file: Path, record: dict) -> None:
+    tmp = run_file.with_suffix(".json.tmp")
+    try:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, run_file)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class _RunLock:
+    """Holds the run folder's lock (lock_folder sets `release`)."""
+
+    def release(self) -> None:
+        pass

@@ -121,6 +121,12 @@ class VocoModel:
     dtype: torch.dtype
     weights: str = "full"  # the decoder's Linear weights: "full" (dtype), "nf4" or "int4" (choices.Weights)
     family: ModelFamily | None = None  # None: the LLaVA + LLaMA family
+    earlier_fingerprints: tuple[str, ...] = ()  # what earlier vococli versions called the same checkpoint
+
+    @property
+    def fingerprints(self) -> tuple[str, ...]:
+        """Every fingerprint a cache made by this checkpoint may carry, the current one first."""
+        return (self.fingerprint, *self.earlier_fingerprints)
 
     def __post_init__(self):
         if self.family is None:
@@ -151,12 +157,22 @@ def read_layout(config, tokenizer, k: int | None = None) -> VocoLayout:
     trained_k = getattr(config, "voco_num_tokens", None)
     if trained_k is None and k is None:
         raise UserError("the checkpoint's config has no voco_num_tokens; pass --voco-tokens")
-    if k is not None and k < 1:
-        raise UserError(f"--voco-tokens must be at least 1, got {k}")
+    n_image = getattr(config, "image_seq_length", None)
+    if type(n_image) is not int or n_image < 1 or (trained_k is not None and type(trained_k) is not int):
+        raise UserError(f"the checkpoint's config has image_seq_length {n_image!r} and voco_num_tokens "
+                        f"{trained_k!r}: both must be whole numbers")
+    # more slots than the model was trained with (or than a frame has image tokens) hold nothing new
+    most = min(trained_k, n_image) if trained_k is not None else n_image
+    if trained_k is not None and not 1 <= trained_k <= n_image:
+        raise UserError(f"voco_num_tokens must be between 1 and the {n_image} image tokens of a frame, got {trained_k}",
+                        option="voco_tokens")
+    if k is not None and (type(k) is not int or not 1 <= k <= most):
+        why = f"the checkpoint was trained with K={trained_k}" if trained_k is not None else f"a frame has {n_image} image tokens"
+        raise UserError(f"voco_tokens must be between 1 and {most} ({why}), got {k}", option="voco_tokens")
     sep = tokenizer(getattr(config, "voco_separator", "\n"), add_special_tokens=False)["input_ids"]
     return VocoLayout(
         bos_id=tokenizer.bos_token_id,
-        n_image=int(config.image_seq_length),
+        n_image=n_image,
         separator_ids=tuple(sep),
         voco_id=voco_id,
         k=int(k if k is not None else trained_k),

@@ -8,6 +8,7 @@ the family's business (vococli.families).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from pathlib import Path
@@ -18,23 +19,83 @@ from vococli.errors import UserError
 from vococli.families.base import VocoModel, read_layout
 from vococli.families.quantize import check_int4_target, check_weights
 
-FINGERPRINT_SAMPLE = 1 << 20  # bytes hashed at each end of every weight file
+FINGERPRINT_SAMPLE = 1 << 20  # bytes hashed at each sampled place of a weight file
+FULLY_HASHED = 64 << 20  # weight data up to this size are hashed whole
+SAMPLED_PLACES = 32  # beyond it, this many evenly spaced samples
+# config fields that say how the checkpoint was saved, not what it computes
+BOOKKEEPING = frozenset({"dtype", "torch_dtype", "transformers_version", "_name_or_path", "_commit_hash"})
 
 
 def fingerprint_checkpoint(path: Path) -> str:
-    """Hash of the config and the weight files' identity (sizes, headers, first and last MiB)."""
+    """Hash of what determines a checkpoint's outputs: its config without the fields that only
+    record how it was saved (BOOKKEEPING), and its weights: every tensor's name, dtype and shape,
+    and the data (whole up to FULLY_HASHED bytes per file, else SAMPLED_PLACES evenly spaced MiB).
+    Saving the same weights again (a resumed training run, another transformers version) keeps it."""
+    path = Path(path)
+    h = hashlib.sha256()
+    h.update(json.dumps(_without_bookkeeping(_read_json(path / "config.json")), sort_keys=True).encode())
+    for f in sorted(path.glob("*.safetensors")):
+        header, start = _safetensors_header(f)
+        h.update(json.dumps({k: v for k, v in header.items() if k != "__metadata__"}, sort_keys=True).encode())
+        size = f.stat().st_size - start
+        with open(f, "rb") as fh:
+            if size <= FULLY_HASHED:
+                fh.seek(start)
+                h.update(fh.read())
+            else:
+                for i in range(SAMPLED_PLACES):
+                    fh.seek(start + i * (size - FINGERPRINT_SAMPLE) // (SAMPLED_PLACES - 1))
+                    h.update(fh.read(FINGERPRINT_SAMPLE))
+    for f in sorted(path.glob("*.bin")):
+        _hash_file_ends(h, f)
+    return h.hexdigest()[:16]
+
+
+def earlier_fingerprint(path: Path) -> str:
+    """The fingerprint vococli 0.1 gave a checkpoint (the config file's bytes and each weight
+    file's name, size, first and last MiB): caches made with it still load."""
     path = Path(path)
     h = hashlib.sha256()
     h.update((path / "config.json").read_bytes())
-    weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
-    for f in weights:
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}".encode())
-        with open(f, "rb") as fh:
-            h.update(fh.read(FINGERPRINT_SAMPLE))
-            fh.seek(max(0, size - FINGERPRINT_SAMPLE))
-            h.update(fh.read(FINGERPRINT_SAMPLE))
+    for f in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        _hash_file_ends(h, f)
     return h.hexdigest()[:16]
+
+
+def _hash_file_ends(h, f: Path) -> None:
+    size = f.stat().st_size
+    h.update(f"{f.name}:{size}".encode())
+    with open(f, "rb") as fh:
+        h.update(fh.read(FINGERPRINT_SAMPLE))
+        fh.seek(max(0, size - FINGERPRINT_SAMPLE))
+        h.update(fh.read(FINGERPRINT_SAMPLE))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: unreadable config ({e})") from None
+
+
+def _without_bookkeeping(value):
+    if isinstance(value, dict):
+        return {k: _without_bookkeeping(v) for k, v in value.items() if k not in BOOKKEEPING}
+    if isinstance(value, list):
+        return [_without_bookkeeping(v) for v in value]
+    return value
+
+
+def _safetensors_header(f: Path) -> tuple[dict, int]:
+    """A safetensors file's JSON header and where its data start."""
+    try:
+        with open(f, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 0 < n <= f.stat().st_size - 8:
+                raise ValueError(f"header length {n}")
+            return json.loads(fh.read(n)), 8 + n
+    except (OSError, ValueError) as e:
+        raise UserError(f"{f}: not a readable safetensors file ({e}); the checkpoint is damaged") from None
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -74,6 +135,21 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
+LATEST = "LATEST"  # in a training run's folder: the name of its current save
+
+
+def checkpoint_folder(path: Path) -> Path:
+    """The folder holding a checkpoint's files: `path` itself, or, for a training run's folder,
+    the save its LATEST file names (switched in one atomic rename when a save is complete)."""
+    pointer = Path(path) / LATEST
+    if not pointer.is_file():
+        return Path(path)
+    name = pointer.read_text().strip()
+    if not name or "/" in name or name.startswith(".") or not (Path(path) / name).is_dir():
+        raise UserError(f"{pointer}: names {name!r}, which is not a save in {path}; the run folder is damaged")
+    return Path(path) / name
+
+
 def check_folder(path: str | Path) -> Path:
     """A local checkpoint folder; a hub id ("org/name") is downloaded only when no such folder exists."""
     if not Path(path).exists() and HUB_ID.fullmatch(str(path)):
@@ -87,6 +163,7 @@ def check_folder(path: str | Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: model folder not found")
+    path = checkpoint_folder(path)
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: not a checkpoint folder (no config.json)")
     return path
@@ -113,16 +190,27 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | None = 
         raise UserError(f"--weights {weights} is for answering only; compress with the full-precision model")
     if weights == "int4":
         check_int4_target(dev, dt)
-    config = AutoConfig.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except Exception as e:  # whatever the file holds is the user's data: one line, never a traceback
+        raise UserError(f"{path}/config.json: not a usable model config ({_first_line(e)})") from None
     family = family_for_config(config, path)
     if getattr(config, "voco_compressor", "voco") != "voco" and not allow_baseline:
         raise UserError(f"{path}: a {config.voco_compressor!r} baseline made for `vococli experiment`, "
                         "not a VoCo model; compress and ask need a VoCo checkpoint")
     tokenizer = AutoTokenizer.from_pretrained(path)
     layout = read_layout(config, tokenizer, voco_tokens)
-    lm, full = family.load(path, config, dev, dt, vision=vision, weights=weights, attn=attn)
+    fingerprint = fingerprint_checkpoint(path)  # also refuses a weight file whose header is damaged
+    try:
+        lm, full = family.load(path, config, dev, dt, vision=vision, weights=weights, attn=attn)
+    except Exception as e:  # a truncated or mismatched weight file, a config field of the wrong type
+        if isinstance(e, (OSError, ValueError, TypeError, KeyError, EOFError)) or type(e).__name__ == "SafetensorError":
+            raise UserError(f"{path}: the weights cannot be loaded ({_first_line(e)}); the checkpoint is damaged "
+                            "or its config does not match its weights") from None
+        raise
     return VocoModel(lm=lm, llava=full, tokenizer=tokenizer, layout=layout, image=family.image_spec(path, config),
-                     fingerprint=fingerprint_checkpoint(path), path=os.fspath(path), device=dev, dtype=dt,
+                     fingerprint=fingerprint, earlier_fingerprints=(earlier_fingerprint(path),),
+                     path=os.fspath(path), device=dev, dtype=dt,
                      weights=weights, family=family)
 
 
@@ -131,3 +219,8 @@ def answering_model(model: VocoModel, weights: str = "full") -> VocoModel:
     with `weights` "nf4" or "int4", a copy whose decoder Linear weights are 4-bit, as
     `load_model(..., vision=False, weights=...)` gives."""
     return model.family.answering_model(model, weights)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0][:200] if text else type(e).__name__)

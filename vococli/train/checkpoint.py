@@ -1,7 +1,12 @@
 """Checkpoints of a training run: building the model to train, and saving model, optimizer and
-state together so that a killed run never leaves a half-written checkpoint.
+state together so that a killed run never leaves a half-written or mixed checkpoint.
 
-A save is staged in `<out>/.saving`, marked complete, then moved into place (trainer state last).
+Each save is a folder of its own, `<out>/save-NNNNNNN` (the step), written under a temporary name
+and renamed when complete; `<out>/LATEST` names the current one and is switched by one atomic
+rename, after which older saves are removed. Whoever reads `<out>` (load_model, a resume) goes
+through LATEST, so it sees one whole save: the one before the switch or the one after.
+Run folders written before versioned saves (the checkpoint files in `<out>` itself) still load
+and resume; their first new save switches them to this layout.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vococli.compressors import get_compressor
-from vococli.errors import UserError
+from vococli.errors import EnvironmentProblem, UserError
 from vococli.families.base import ImageSpec, VocoModel, read_layout
+from vococli.families.loading import LATEST, checkpoint_folder
 from vococli.train.config import TrainConfig, TrainState
 
 TRAINER_DIR = "trainer"
@@ -42,7 +48,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> tuple[VocoModel, torc
         family = family_for_config(llava.config, f"--init {cfg.init}")
         proc = image_processor_config(preset.image_size)
     else:
-        src = Path(cfg.checkpoint)
+        src = checkpoint_folder(Path(cfg.checkpoint))
         if not (src / "config.json").is_file():
             raise UserError(f"{src}: not a checkpoint folder (no config.json)")
         config = AutoConfig.from_pretrained(src)
@@ -68,7 +74,7 @@ def build_model(cfg: TrainConfig, device: torch.device) -> tuple[VocoModel, torc
     module = compressor.build_module(int(model.text_config.hidden_size), layout.k)
     if module is not None:
         module = module.to(device)
-        saved = Path(cfg.checkpoint or "") / compressor.module_file
+        saved = checkpoint_folder(Path(cfg.checkpoint or ".")) / compressor.module_file
         if cfg.checkpoint and saved.exists():
             module.load_state_dict(load_file(saved))
     if cfg.freeze_vision:
@@ -86,12 +92,16 @@ def _register_voco(llava, tok) -> None:
         llava.resize_token_embeddings(len(tok))
 
 
-STAGING = ".saving"
-COMPLETE = "COMPLETE"  # written last into the staging folder: everything before it is on disk
+SAVE_PREFIX = "save-"
+LEGACY_STAGING = ".saving"  # where run folders of the flat layout staged a save
+LEGACY_COMPLETE = "COMPLETE"
+# the files of a checkpoint in the flat layout, removed once a run has switched to versioned saves
+LEGACY_FILES = ("config.json", "generation_config.json", "model.safetensors", "preprocessor_config.json",
+                "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 def stage_model(model: VocoModel, module, proc: dict, tmp: Path) -> None:
-    """Write the checkpoint files into the staging folder `tmp` (and the compressor's own layer)."""
+    """Write the checkpoint files into the folder `tmp` (and the compressor's own layer)."""
     model.llava.save_pretrained(tmp)
     model.tokenizer.save_pretrained(tmp)
     (tmp / "preprocessor_config.json").write_text(json.dumps(proc, indent=2) + "\n")
@@ -100,26 +110,42 @@ def stage_model(model: VocoModel, module, proc: dict, tmp: Path) -> None:
         save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp / name)
 
 
-def commit_staged(out: Path) -> None:
-    """Move a complete staged save into place (trainer state last), or drop an incomplete one.
+def current_save(out: Path) -> Path:
+    """The folder of a run's current save (`out` itself in the flat layout)."""
+    return checkpoint_folder(Path(out))
 
-    Called after every save and before every start, so an interrupted save is either finished
-    (all its files were written) or forgotten (the previous checkpoint is untouched)."""
-    tmp = out / STAGING
+
+def state_file(out: Path) -> Path:
+    """The trainer state of a run's current save (it may not exist yet)."""
+    return current_save(out) / TRAINER_DIR / "state.json"
+
+
+def tidy_run_folder(out: Path) -> None:
+    """Remove what an interrupted save left (a temporary save folder, saves LATEST no longer
+    names); finish or forget a save staged by the flat layout. Called before every start."""
+    out = Path(out)
+    current = current_save(out)
+    for f in [*out.glob(f"{SAVE_PREFIX}*"), *out.glob(f".{SAVE_PREFIX}*.tmp")]:
+        if f.is_dir() and f != current:
+            shutil.rmtree(f)
+    _finish_legacy_stage(out)
+
+
+def _finish_legacy_stage(out: Path) -> None:
+    tmp = out / LEGACY_STAGING
     if not tmp.exists():
         return
-    if not (tmp / COMPLETE).exists():
+    if not (tmp / LEGACY_COMPLETE).exists() or (out / LATEST).exists():
         shutil.rmtree(tmp)
         return
-    staged_trainer = tmp / TRAINER_DIR
     for f in tmp.iterdir():
-        if f.is_file() and f.name != COMPLETE:
+        if f.is_file() and f.name != LEGACY_COMPLETE:
             os.replace(f, out / f.name)
-    if staged_trainer.exists():
+    if (tmp / TRAINER_DIR).exists():
         (out / TRAINER_DIR).mkdir(exist_ok=True)
         for name in ("optimizer.safetensors", "state.json"):  # state.json last: it names the step
-            if (staged_trainer / name).exists():
-                os.replace(staged_trainer / name, out / TRAINER_DIR / name)
+            if (tmp / TRAINER_DIR / name).exists():
+                os.replace(tmp / TRAINER_DIR / name, out / TRAINER_DIR / name)
     shutil.rmtree(tmp)
 
 
@@ -128,9 +154,10 @@ def load_compressor(path: Path, model: VocoModel) -> torch.nn.Module | None:
     None for a compressor without one."""
     compressor = get_compressor(getattr(model.llava.config, "voco_compressor", "voco"))
     module = compressor.build_module(int(model.text_config.hidden_size), model.layout.k)
-    if module is None or not (Path(path) / compressor.module_file).exists():
+    path = checkpoint_folder(Path(path))
+    if module is None or not (path / compressor.module_file).exists():
         return None
-    module.load_state_dict(load_file(Path(path) / compressor.module_file))
+    module.load_state_dict(load_file(path / compressor.module_file))
     return module.to(model.device).eval()
 
 
@@ -160,17 +187,54 @@ def load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 
 
 def save_all(cfg: TrainConfig, model, module, proc, opt, st: TrainState, out: Path) -> None:
-    """Stage model, optimizer and state together, mark the stage complete, then move it into place."""
-    tmp = out / STAGING
+    """Write model, optimizer and state as one new save, then switch LATEST to it."""
+    name, n = f"{SAVE_PREFIX}{st.step:07d}", 1
+    while (out / name).exists():  # the same step saved again (a finished run resumed): a new name
+        n += 1
+        name = f"{SAVE_PREFIX}{st.step:07d}.{n}"
+    tmp = out / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / TRAINER_DIR).mkdir(parents=True)
-    stage_model(model, module, proc, tmp)
-    save_optimizer(opt, tmp / TRAINER_DIR / "optimizer.safetensors")
-    record = {"config": asdict(cfg), "state": asdict(st)}
-    (tmp / TRAINER_DIR / "state.json").write_text(json.dumps(record) + "\n")
-    (tmp / COMPLETE).write_text(f"{st.step}\n")
-    commit_staged(out)
+    try:
+        (tmp / TRAINER_DIR).mkdir(parents=True)
+        stage_model(model, module, proc, tmp)
+        save_optimizer(opt, tmp / TRAINER_DIR / "optimizer.safetensors")
+        record = {"config": asdict(cfg), "state": asdict(st)}
+        (tmp / TRAINER_DIR / "state.json").write_text(json.dumps(record) + "\n")
+    except Exception as e:  # safetensors reports a failed write (a full disk) as its own error
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":
+            reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
+            kept = f"the save of step {_saved_step(out)} is kept" if (out / LATEST).exists() else "nothing was saved"
+            raise EnvironmentProblem(f"{out}: the checkpoint of step {st.step} cannot be written ({reason}); {kept}: "
+                            "make room and run the same command with --resume") from None
+        raise
+    os.replace(tmp, out / name)
+    pointer = out / f".{LATEST}.tmp"
+    pointer.write_text(name + "\n")
+    os.replace(pointer, out / LATEST)  # the switch: readers see the old save or this one, whole
+    for f in out.glob(f"{SAVE_PREFIX}*"):
+        if f.is_dir() and f.name != name:
+            shutil.rmtree(f)
+    _remove_flat_checkpoint(out)
     write_loss_curve(st.losses, out)
+
+
+def _saved_step(out: Path) -> int | str:
+    try:
+        return json.loads(state_file(out).read_text())["state"]["step"]
+    except (OSError, ValueError, KeyError, UserError):
+        return "?"
+
+
+def _remove_flat_checkpoint(out: Path) -> None:
+    """The checkpoint files a run folder of the flat layout held in itself (superseded by LATEST)."""
+    from vococli.compressors import COMPRESSORS
+
+    if (out / TRAINER_DIR).is_dir():
+        shutil.rmtree(out / TRAINER_DIR)
+    modules = [c.module_file for c in COMPRESSORS.values() if c.module_file]
+    for n in (*LEGACY_FILES, *modules):
+        (out / n).unlink(missing_ok=True)
 
 
 def write_loss_curve(losses: list[tuple[int, float]], out: Path) -> None:

@@ -30,7 +30,7 @@ import torch
 
 from vococli.errors import UserError
 from vococli.synth.clips import SynthConfig, synthesize
-from vococli.train.checkpoint import TRAINER_DIR
+from vococli.train.checkpoint import state_file
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,8 @@ def data_sets(cfg: Table1Config) -> dict[str, SynthConfig]:
 
 def make_data(cfg: Table1Config, notice: Callable[[str], None]) -> Path:
     root = Path(cfg.workdir) / "data"
-    trained = any((Path(cfg.workdir) / "runs").glob(f"*/{TRAINER_DIR}/state.json"))
+    runs = Path(cfg.workdir) / "runs"
+    trained = runs.is_dir() and any(state_file(d).exists() for d in runs.iterdir() if d.is_dir())
     for name, sc in data_sets(cfg).items():
         folder = root / name
         done = folder / "synth_config.json"
@@ -104,7 +105,7 @@ def _as_json(sc: SynthConfig) -> dict:
 
 
 def _run_done(out: Path, steps: int) -> bool:
-    state = out / TRAINER_DIR / "state.json"
+    state = state_file(out)
     return state.exists() and json.loads(state.read_text())["state"]["step"] >= steps
 
 
@@ -115,7 +116,7 @@ def train_command(cfg: Table1Config, out: Path, extra: list[str], steps: int, th
            "--threads", str(threads)]
     for name in ("train_frame", "train_temporal", "train_needle"):
         cmd += ["--data", str(data / name)]
-    if (out / TRAINER_DIR / "state.json").exists():
+    if state_file(out).exists():
         cmd.append("--resume")
     return cmd + extra
 
@@ -157,7 +158,7 @@ def train_all(cfg: Table1Config, notice) -> Path:
         out = runs / name
         if _run_done(out, cfg.stage_steps):
             continue
-        start = [] if (out / TRAINER_DIR / "state.json").exists() else ["--from", str(base)]
+        start = [] if state_file(out).exists() else ["--from", str(base)]
         jobs.append((name, train_command(cfg, out, start + flags, cfg.stage_steps, cfg.threads_per_run,
                                          cfg.stage_lr)))
     run_jobs(jobs, cfg.parallel, runs / "logs", notice)

@@ -3,15 +3,18 @@
 The loop is plain PyTorch built from functions (model, optimizer, data), so it can be wrapped by
 accelerate for many GPUs later. A run writes into one output folder:
 
-    <out>/config.json, model.safetensors, tokenizer*, preprocessor_config.json   the checkpoint
-    <out>/voco_avgpool.safetensors          the pooling baseline's linear layer (avgpool only)
-    <out>/trainer/optimizer.safetensors     AdamW state (safetensors, no pickle)
-    <out>/trainer/state.json                step, data cursor, settings, loss history
+    <out>/save-NNNNNNN/                     the checkpoint at step NNNNNNN: config.json,
+                                            model.safetensors, tokenizer*, preprocessor_config.json
+    <out>/save-NNNNNNN/voco_avgpool.safetensors   the pooling baseline's linear layer (avgpool only)
+    <out>/save-NNNNNNN/trainer/optimizer.safetensors   AdamW state (safetensors, no pickle)
+    <out>/save-NNNNNNN/trainer/state.json   step, data cursor, settings, loss history
+    <out>/LATEST                            the name of the current save
     <out>/loss.csv, loss.png                the loss curve
 
-`--resume` continues from the saved step with the run's saved settings (same data order and
-schedule); only the length (`--steps`/`--epochs`), `--save-every`, `--threads` and `--device` may
-change. A save is staged in `<out>/.saving` and moved into place only once complete.
+`<out>` itself is what `--model` takes: loading follows LATEST. `--resume` continues from the
+saved step with the run's saved settings (same data order and schedule); only the length
+(`--steps`/`--epochs`), `--save-every`, `--threads` and `--device` may change. A save is written
+as a new folder and LATEST is switched to it in one atomic rename (train/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from vococli.families.base import VocoModel
 from vococli.train.data import FrameStore, MediaItem, epoch_batches, make_batch, read_training_file
 from vococli.train.resume import check_resume_settings, resumed_from_command
 from vococli.video.sampling import Sampling
-from vococli.train.checkpoint import TRAINER_DIR, build_model, commit_staged, load_optimizer, save_all
+from vococli.train.checkpoint import (TRAINER_DIR, build_model, current_save, load_optimizer, save_all, state_file,
+                                      tidy_run_folder)
 from vococli.train.config import TrainConfig, TrainState
 from vococli.train.forward import answer_loss, encode_frames
 
@@ -78,9 +82,12 @@ def train(cfg: TrainConfig, resume: bool = False,
     if cfg.mask == "causal" and cfg.compressor not in (DEFAULT_COMPRESSOR, "full"):
         raise UserError(f"--mask causal trains the full compressor (every frame token kept); it cannot be combined "
                         f"with --compressor {cfg.compressor}")
-    if min(cfg.batch_size, cfg.grad_accum, cfg.save_every, cfg.max_frames) < 1 or cfg.lr <= 0:
-        raise UserError("--batch-size, --grad-accum, --save-every and --max-frames must be at least 1 "
-                        "and --lr positive")
+    if min(cfg.batch_size, cfg.grad_accum, cfg.save_every, cfg.max_frames) < 1:
+        raise UserError("--batch-size, --grad-accum, --save-every and --max-frames must be at least 1")
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0) or not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise UserError(f"--lr must be a positive number and --weight-decay 0 or more, got {cfg.lr} and "
+                        f"{cfg.weight_decay}")
+    Sampling(fps=cfg.fps, max_frames=cfg.max_frames)  # refuses a bad --fps before anything is loaded
     if cfg.voco_tokens is not None and cfg.voco_tokens < 1:
         raise UserError("--voco-tokens must be at least 1")
     if cfg.warmup_steps < 0 or (cfg.steps is not None and cfg.steps < 1) or cfg.epochs <= 0:
@@ -89,13 +96,13 @@ def train(cfg: TrainConfig, resume: bool = False,
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
-    state_file = out / TRAINER_DIR / "state.json"
     if out.is_dir():
-        commit_staged(out)  # finish or forget a save that was interrupted
+        tidy_run_folder(out)  # forget what an interrupted save left
+    saved_state = state_file(out)
     if resume:
-        if not state_file.exists():
+        if not saved_state.exists():
             raise UserError(f"{out}: nothing to resume (no {TRAINER_DIR}/state.json)")
-        saved = json.loads(state_file.read_text())
+        saved = json.loads(saved_state.read_text())
         # a resumed run keeps its settings (data order, schedule, mask, K); only these may change
         keep = {k: v for k, v in saved["config"].items() if k in TrainConfig.__dataclass_fields__}
         keep["data"] = tuple(keep["data"])
@@ -106,7 +113,7 @@ def train(cfg: TrainConfig, resume: bool = False,
         st = TrainState(**{k: v for k, v in saved["state"].items()})
         st.losses = [tuple(x) for x in st.losses]
     else:
-        if state_file.exists() or (out / "config.json").exists():
+        if saved_state.exists() or (current_save(out) / "config.json").exists():
             raise UserError(f"{out}: already holds a checkpoint; pass --resume to continue it or choose a new --out")
         st = TrainState()
     torch.manual_seed(cfg.seed)
@@ -118,8 +125,8 @@ def train(cfg: TrainConfig, resume: bool = False,
     if module is not None:
         params += list(module.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    if resume and (out / TRAINER_DIR / "optimizer.safetensors").exists():
-        load_optimizer(opt, out / TRAINER_DIR / "optimizer.safetensors")
+    if resume and (current_save(out) / TRAINER_DIR / "optimizer.safetensors").exists():
+        load_optimizer(opt, current_save(out) / TRAINER_DIR / "optimizer.safetensors")
     store = FrameStore(model.image, Sampling(fps=cfg.fps, max_frames=cfg.max_frames), keep=cfg.keep_frames)
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
     pad = model.tokenizer.pad_token_id

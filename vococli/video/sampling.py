@@ -23,6 +23,20 @@ class Sampling:
     end: float | None = None
     max_frames: int | None = None
 
+    def __post_init__(self):
+        """Refused where they are made, so a command refuses the flag before any work."""
+        if isinstance(self.fps, bool) or not isinstance(self.fps, (int, float)) or not math.isfinite(self.fps) \
+                or self.fps <= 0:
+            raise UserError(f"fps must be a positive number, got {self.fps}", option="fps")
+        for name, value in (("start", self.start), ("end", self.end)):
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise UserError(f"{name} must be a number of seconds from the start of the video (0 or more), "
+                                f"got {value}", option=name)
+        if self.end is not None and self.end < self.start:
+            raise UserError(f"end ({self.end}) must not come before start ({self.start})", option="end")
+        if self.max_frames is not None and not (isinstance(self.max_frames, int) and self.max_frames >= 1):
+            raise UserError(f"max_frames must be at least 1, got {self.max_frames}", option="max_frames")
+
     def to_dict(self) -> dict:
         return {"fps": self.fps, "start": self.start, "end": self.end, "max_frames": self.max_frames}
 
@@ -34,11 +48,6 @@ def plan_frames(timestamps: np.ndarray, sampling: Sampling) -> np.ndarray:
     a frame shown at several instants is taken once. If more than max_frames remain, max_frames
     are spread evenly over them.
     """
-    if not math.isfinite(sampling.fps) or sampling.fps <= 0:
-        raise UserError(f"--fps must be a positive number, got {sampling.fps}")
-    for name, value in (("--start", sampling.start), ("--end", sampling.end)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise UserError(f"{name} must be a number of seconds from the start of the video (0 or more), got {value}")
     first, last = float(timestamps[0]), float(timestamps[-1])
     t0 = max(sampling.start, first)
     t1 = last if sampling.end is None else min(sampling.end, last)
@@ -56,7 +65,5 @@ def plan_frames(timestamps: np.ndarray, sampling: Sampling) -> np.ndarray:
     idx = np.searchsorted(timestamps, instants + 1e-6, side="right") - 1
     idx = np.unique(np.clip(idx, 0, len(timestamps) - 1))
     if sampling.max_frames is not None and len(idx) > sampling.max_frames:
-        if sampling.max_frames < 1:
-            raise UserError("--max-frames must be at least 1")
         idx = idx[np.linspace(0, len(idx) - 1, sampling.max_frames).round().astype(np.int64)]
     return idx
