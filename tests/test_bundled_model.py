@@ -113,3 +113,20 @@ def test_a_cache_written_before_the_family_and_compressor_fields_still_answers(b
         session.reset()
         answers.append(session.ask(q, GenerationConfig(max_new_tokens=8)).text)
     assert answers == ["cyan", "yellow"]
+
+
+def test_the_readme_python_api_runs_as_written(tmp_path):
+    """The README's Python API blocks, run as they are (the video path relative to a folder that
+    holds `video/`): the answers the comments give, and no transformers loading bars."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    api = text[text.index("## Python API"):text.index("## How it works")]
+    code = "\n".join(re.findall(r"```python\n(.*?)```", api, flags=re.S))
+    (tmp_path / "video").symlink_to(ROOT / "video", target_is_directory=True)
+    env = {k: v for k, v in os.environ.items() if k != "VOCOCLI_MODEL"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == re.findall(r"\.text\)\s+# (\w+)", code), r.stdout
+    assert "Loading weights" not in r.stderr and "%|" not in r.stderr, r.stderr

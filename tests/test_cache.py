@@ -32,8 +32,9 @@ def test_round_trip_is_bit_exact(tiny_model, tmp_path):
                          notice=lambda s: None)
     assert (res.frames, res.planned, res.lost, res.computed) == (21, 21, 0, 21)
     video = load_cache(res.path, fingerprint=tiny_model.fingerprint)
-    # independent recomputation: all planned frames in one batch
-    r = VideoReader(CLIP)
+    # independent recomputation: all planned frames in one batch (decoded as compress decodes them:
+    # at twice the tiny model's input size, see tests/test_memory.py)
+    r = VideoReader(CLIP, fit=tiny_model.image.size)
     idx = plan_frames(r.timestamps, SAMPLING)
     frames = np.concatenate([b.frames for b in r.read(idx, 64)])
     keys, values = compress_pixels(tiny_model, to_pixels(frames, tiny_model.image, tiny_model.device,

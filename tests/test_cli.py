@@ -126,7 +126,7 @@ def test_a_failing_compiler_is_a_user_error(monkeypatch, capsys):
     def fail(**kw):
         raise raised[0]
 
-    monkeypatch.setattr(cli, "app", fail)
+    monkeypatch.setattr(cli, "build_command", lambda: fail)
     for error, code in [(InductorError(InvalidCxxCompiler(), None), 1),
                         (InductorError(RuntimeError("a bug in a lowering"), None), 2)]:
         raised[:] = [error]
@@ -136,3 +136,67 @@ def test_a_failing_compiler_is_a_user_error(monkeypatch, capsys):
         msg = capsys.readouterr().err
         assert ("No working C++ compiler" in msg and "without --compile" in msg) == (code == 1), msg
         assert len(msg.strip().splitlines()) == 1
+
+
+def test_ask_about_a_video_file_compresses_it_once(tiny_ckpt, tmp_path):
+    import shutil
+
+    video = tmp_path / "clip.mkv"
+    shutil.copy(CLIP, video)
+    first = run("ask", video, "what is here?", "--model", tiny_ckpt, "--max-new-tokens", "6")
+    assert first.returncode == 0, first.stderr
+    assert f"compressing {video} into {tmp_path / 'clip.voco'}" in first.stderr
+    assert (tmp_path / "clip.voco").is_dir()
+    again = run("ask", video, "what is here?", "--model", tiny_ckpt, "--max-new-tokens", "6")
+    assert again.returncode == 0 and "compressing" not in again.stderr, again.stderr
+    from_cache = run("ask", tmp_path / "clip.voco", "what is here?", "--model", tiny_ckpt, "--max-new-tokens", "6")
+    assert first.stdout == again.stdout == from_cache.stdout and first.stdout.strip()
+
+
+def test_threads_default_to_the_cpus_the_process_may_use(tiny_ckpt, tmp_path):
+    """--threads N is used and reported; without it, the count is the affinity mask's (a process
+    pinned to one CPU computes with one thread, whatever the machine has)."""
+    import os
+    import subprocess
+
+    args = ["compress", CLIP, "--model", tiny_ckpt, "--max-frames", "2", "--json"]
+    r = run(*args, "-o", tmp_path / "a.voco", "--threads", "1")
+    assert r.returncode == 0 and json.loads(r.stdout)["threads"] == 1, r.stderr
+    r = run(*args, "-o", tmp_path / "b.voco")
+    assert json.loads(r.stdout)["threads"] == len(os.sched_getaffinity(0))
+    env = dict(os.environ, VOCOCLI_MODEL="")
+    pinned = subprocess.run([sys.executable, "-m", "vococli", *map(str, args), "-o", str(tmp_path / "c.voco")],
+                            capture_output=True, text=True, env=env, timeout=300,
+                            preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    assert pinned.returncode == 0 and json.loads(pinned.stdout)["threads"] == 1, pinned.stderr
+    bad = run(*args, "-o", tmp_path / "d.voco", "--threads", "0")
+    assert bad.returncode == 1 and "--threads must be at least 1" in bad.stderr and not (tmp_path / "d.voco").exists()
+
+
+def test_training_gives_the_thread_count_back(tmp_path):
+    import torch
+
+    from vococli.train.config import TrainConfig
+    from vococli.train.loop import train
+    from vococli.synth.clips import SynthConfig, synthesize
+
+    synthesize(SynthConfig(seed=3, count=2, kind="frame", size=64), tmp_path / "d")
+    before = torch.get_num_threads()
+    train(TrainConfig(data=(str(tmp_path / "d"),), out=str(tmp_path / "run"), init="tiny", steps=1, batch_size=2,
+                      threads=1 if before > 1 else 2))
+    assert torch.get_num_threads() == before
+
+
+def test_version_short_help_and_one_way_of_writing_help():
+    from vococli import __version__
+
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"vococli {__version__}"
+    for command in ("compress", "ask", "chat", "info", "eval", "score", "bench", "synth", "train", "tiny-model"):
+        h = run(command, "-h")
+        assert h.returncode == 0 and "Usage:" in h.stdout, (command, h.stderr)
+        assert "<bool>" not in h.stdout and "list[str]" not in h.stdout, command
+        assert "--load-4bit" not in h.stdout and "--no-voco-mask" not in h.stdout  # older spellings: hidden
+    assert "--out" in run("compress", "-h").stdout
+    old = run("compress", "--output", "x.voco", "missing.mp4")
+    assert old.returncode == 1 and "missing.mp4: file not found" in old.stderr  # the old spelling still parses

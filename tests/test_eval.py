@@ -138,10 +138,12 @@ def test_other_settings_are_refused_and_scores_written(dataset, reference):
     rows = [x for x in lines(out / "predictions.jsonl") if "pred" in x]
     assert s["overall"]["errors"] == 4 and s["overall"]["judged"] == len(rows) > 0
     assert s["overall"]["correct"] == sum(x["pred"].strip().lower() == x["answer"] for x in rows)
+    assert s["overall"]["answered"] == round(len(rows) / (len(rows) + 4), 4)  # accuracy is over these alone
     assert set(s["by_type"]) >= {"color", "count", "shape"}
     assert (out / "accuracy_exact.png").exists()
     r = run("score", out)
     assert r.returncode == 0 and "overall" in r.stdout
+    assert f"{100 * len(rows) / (len(rows) + 4):.1f}%" in r.stdout  # the share answered, beside the accuracy
 
 
 def test_a_changed_setting_is_named_with_both_values(tmp_path):
@@ -168,7 +170,12 @@ def test_a_rerun_says_how_many_earlier_answers_were_errors(tiny_ckpt, tmp_path):
     (tmp_path / "qa.json").write_text(json.dumps(qa))
     args = ("eval", "msvd", "--qa", tmp_path / "qa.json", "--videos", tmp_path / "videos", "--out", tmp_path / "o",
             "--model", tiny_ckpt)
-    assert json.loads(run(*args, "--json").stdout)["errors"] == 2
+    first = run(*args, "--json")
+    assert json.loads(first.stdout)["errors"] == 2
+    assert first.returncode == 1 and "every question of this run failed (2; the first: video 'gone0' not found" \
+        in first.stderr, first.stderr
+    scored = run("score", tmp_path / "o")
+    assert scored.returncode == 0 and "0.0%" in scored.stdout, scored.stdout  # answered: none of the questions
     r = run(*args)
     assert r.returncode == 0, r.stderr
     assert "0 answered, 0 errors, 2 done before (2 of them errors; --retry-errors asks them again)" in r.stdout

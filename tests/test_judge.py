@@ -99,7 +99,7 @@ def test_llm_judge_retries_counts_failures_apart_and_caches(tmp_path, server):
     # yes: 1, 3 (after two 500s), 4 (after one garbled reply); no: 2; failed: 5; error: 6
     assert (o["correct"], o["judged"], o["failed_judgements"], o["errors"]) == (3, 4, 1, 1)
     assert o["accuracy"] == 0.75 and o["score"] == pytest.approx((5 + 1 + 1 + 1) / 4)
-    assert res["by_type"]["position"] == {"accuracy": None, "correct": 0, "judged": 0, "errors": 1,
+    assert res["by_type"]["position"] == {"accuracy": None, "correct": 0, "judged": 0, "errors": 1, "answered": 0.5,
                                           "failed_judgements": 1, "score": None}
     assert res["judge_models_reported"] == {"judge-2026-01": 4}
     assert Judge.calls["dead"] == 4 and Judge.calls["flaky-500"] == 3 and Judge.calls["garbled"] == 2
@@ -148,7 +148,7 @@ def test_exact_and_contains_scores_keep_errors_apart(tmp_path):
             {"id": "3", "question": "q", "answer": "two", "error": "video not found", "type": "b"}]
     run = make_run(tmp_path, rows)
     ex = score_run(run, "exact").to_dict()
-    assert ex["overall"] == {"accuracy": 0.5, "correct": 1, "judged": 2, "errors": 1}
+    assert ex["overall"] == {"accuracy": 0.5, "correct": 1, "judged": 2, "errors": 1, "answered": 0.6667}
     co = score_run(run, "contains").to_dict()
     assert co["overall"]["accuracy"] == 1.0
     scores = json.loads((run / "scores.json").read_text())

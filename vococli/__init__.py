@@ -17,7 +17,7 @@ quiet_library_imports()  # before any of them is imported
 
 # Names are imported on first use, so `vococli --help` does not pay for torch and transformers.
 _EXPORTS = {
-    "Answer": "answer.session", "GenerationConfig": "answer.session", "Session": "answer.session", "ask_questions": "answer.session",
+    "Answer": "answer.session", "GenerationConfig": "answer.settings", "Session": "answer.session", "ask_questions": "answer.session",
     "open_session": "answer.paths",
     "open_for_answering": "answer.opening", "load_cache": "cache.chunks", "read_info": "cache.chunks", "CompressResult": "compress.pipeline",
     "compress_video": "compress.pipeline", "UserError": "errors", "VocoModel": "families.base", "load_model": "families.loading",

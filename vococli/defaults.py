@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from importlib import resources
 from pathlib import Path
 
 from vococli.errors import UserError
 
 ENV_MODEL = "VOCOCLI_MODEL"
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "org/name": a model on the hub
 
 
 def bundled_model_dir():
@@ -28,8 +30,6 @@ def default_model_path() -> str:
     """$VOCOCLI_MODEL, else the bundled default model."""
     if os.environ.get(ENV_MODEL):
         path = os.environ[ENV_MODEL]
-        from vococli.families.loading import HUB_ID
-
         if not Path(path).exists() and not HUB_ID.fullmatch(path):  # hub ids are resolved when loaded
             raise UserError(f"{path} (from ${ENV_MODEL}): model folder not found")
         return path

@@ -17,3 +17,21 @@ def quiet_library_imports() -> None:
         logger = logging.getLogger(name)
         if logger.level == logging.NOTSET:
             logger.setLevel(logging.ERROR)
+
+
+class no_progress_bars:
+    """A `with` block in which transformers draws no progress bars (loading and saving weights);
+    the setting the program had is restored after it. vococli draws its own bars."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self._was_disabled = hf_logging.is_progress_bar_enabled() is False
+        hf_logging.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from transformers.utils import logging as hf_logging
+
+        if not self._was_disabled:
+            hf_logging.enable_progress_bar()

@@ -10,7 +10,6 @@ end-of-sequence token.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -20,28 +19,11 @@ import torch
 from vococli.answer.buffers import DynamicBuffer, KVBuffer
 from vococli.answer.prompts import render_prompt
 from vococli.answer.sampling import Sampler
+from vococli.answer.settings import GenerationConfig
 from vococli.cache.kv import VideoCache, positions_needed
 from vococli.errors import UserError
 from vococli.families.base import VocoModel
 from vococli.layout import text_start
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    """Sampling settings: greedy when temperature is 0."""
-
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self):
-        if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
-            raise UserError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}", option="max_new_tokens")
-        if not (math.isfinite(self.temperature) and self.temperature >= 0):
-            raise UserError(f"temperature must be a number >= 0, got {self.temperature}", option="temperature")
-        if not 0 < self.top_p <= 1:  # also refuses nan
-            raise UserError(f"top_p must be in (0, 1], got {self.top_p}", option="top_p")
 
 
 @dataclass
@@ -175,14 +157,18 @@ class Session:
         ids = self.prompt_ids(question)
         out: list[int] = []
         shown, ttft = "", None
-        for got in self.generate(ids, gen):
-            ttft = ttft if ttft is not None else time.perf_counter() - t0
-            out += got
-            if on_text is not None:
-                text = tok.decode(out, skip_special_tokens=True)
-                if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                    on_text(text[len(shown):])
-                    shown = text
+        stream = self.generate(ids, gen)
+        try:
+            for got in stream:
+                ttft = ttft if ttft is not None else time.perf_counter() - t0
+                out += got
+                if on_text is not None:
+                    text = tok.decode(out, skip_special_tokens=True)
+                    if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                        on_text(text[len(shown):])
+                        shown = text
+        finally:
+            stream.close()  # interrupted (Ctrl-C in on_text, say): the turn is taken back at once
         text = tok.decode(out, skip_special_tokens=True)
         if on_text is not None and len(text) > len(shown):
             on_text(text[len(shown):])

@@ -233,7 +233,11 @@ def run_bench(cfg: BenchConfig, report: Callable[[str, object], None] = lambda k
         return value
 
     ceil = section("ceilings", lambda: ceilings(cfg)) if "ceilings" in cfg.sections else {}
-    if not set(cfg.sections) - {"ceilings"}:
+    if "startup" in cfg.sections:
+        from vococli.bench.startup import startup_times
+
+        section("startup", lambda: startup_times(cfg.repeats))
+    if not set(cfg.sections) - {"ceilings", "startup"}:  # no section that needs a model
         return result
     t0 = time.perf_counter()
     model = random_model(cfg.preset, cfg.device, cfg.dtype, cfg.voco_tokens)

@@ -9,9 +9,10 @@ from typing import Optional
 
 import typer
 
-from vococli.cli.common import (CacheArg, DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, SeedOpt, SubsampleOpt,
-                                TemperatureOpt, TopPOpt, WeightsOpt, answer_weights, check_decode_device, err,
-                                model_path, out, quiet_transformers)
+from vococli.cli.common import (CacheArg, DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, Rate, SeedOpt,
+                                SubsampleOpt, TemperatureOpt, ThreadsOpt, TopPOpt, WeightsOpt, answer_weights,
+                                check_decode_device, err, model_path, out, progress_bar, quiet_transformers,
+                                threads_for)
 from vococli.errors import UserError
 
 
@@ -31,7 +32,7 @@ def _stdout_stream():
 
 
 def _gen_config(max_new_tokens: int, temperature: float, top_p: float, seed: int):
-    from vococli.answer.session import GenerationConfig
+    from vococli.answer.settings import GenerationConfig
 
     return GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
 
@@ -52,10 +53,12 @@ def ask(
     decode: str = DecodeOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
+    threads: Optional[int] = ThreadsOpt,
     as_json: bool = typer.Option(False, "--json", help="Print answers and timings as JSON."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print time to first token and tokens/s."),
 ):
-    """Answer questions about a compressed video."""
+    """Answer questions about a compressed video (or a video file: its cache VIDEO.voco is made
+    first when there is none, and reused by the next question)."""
     from vococli.answer.opening import open_for_answering
     from vococli.answer.paths import resolve_decode
 
@@ -65,10 +68,15 @@ def ask(
     if not qs:
         raise UserError("give a question (ask CACHE \"question\" or -q \"question\")")
     gen = _gen_config(max_new_tokens, temperature, top_p, seed)
+    answerer = model_path(model)
+    _check_cache(cache, threads)
     from vococli.answer.prompts import prompt_length
 
+    n_threads = threads_for(threads)
     quiet_transformers()
-    session = open_for_answering(cache, model_path(model), device=device, dtype=dtype, weights=weights,
+    if cache.is_file():  # a video: answer from its cache, made first when needed
+        cache, answerer = _cache_of_video(cache, answerer, device, dtype, weights)
+    session = open_for_answering(cache, answerer, device=device, dtype=dtype, weights=weights,
                                  decode=decode, subsample=subsample, notice=err.print,
                                  reserve=lambda m: max(prompt_length(m, q) for q in qs) + max_new_tokens)
     m, video = session.model, session.video
@@ -97,7 +105,32 @@ def ask(
     if as_json:
         out.print_json(json.dumps({"cache": str(cache), "frames": video.n_frames, "weights": m.weights,
                                    "dtype": str(m.dtype).removeprefix("torch."), "device": str(m.device),
-                                   "decode": path, "answers": results}))
+                                   "decode": path, "threads": n_threads, "answers": results}))
+
+
+def _check_cache(cache: Path, threads: int | None) -> None:
+    """Refuse a missing or damaged cache (or a bad --threads) before anything heavy is imported."""
+    from vococli.cache.chunks import read_info
+    from vococli.threads import check_threads
+
+    check_threads(threads)
+    if not cache.is_file():  # a file is a video (ask compresses it first)
+        read_info(cache)
+
+
+def _cache_of_video(video: Path, model: str, device: str, dtype: str, weights: str):
+    """The video's cache (compressed with a progress bar when needed) and what answers from it:
+    the model loaded to compress, reused, or the checkpoint path when nothing was loaded."""
+    from vococli.compress.oneshot import cache_for_video
+    from vococli.families.loading import answering_model
+
+    with progress_bar("compress") as bar:
+        task = bar.add_task("frames", total=None, rate="")
+        rate = Rate(" frames/s", digits=1)
+        cache, full = cache_for_video(video, model, device=device, dtype=dtype, notice=err.print,
+                                      progress=lambda done, total: bar.update(task, total=total, completed=done,
+                                                                              rate=rate(done)))
+    return cache, (model if full is None else answering_model(full, weights))
 
 
 def chat(
@@ -113,45 +146,74 @@ def chat(
     decode: str = DecodeOpt,
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
+    threads: Optional[int] = ThreadsOpt,
 ):
     """Talk about a compressed video, turn by turn (earlier turns stay in the key/value state).
 
-    Type a question and press Enter; `/reset` forgets earlier turns; `/quit` or Ctrl-D ends.
+    Type a question and press Enter (arrow keys edit and recall earlier lines). Ctrl-C stops an
+    answer and returns to the prompt; /reset forgets earlier turns; /help lists the commands;
+    /quit or Ctrl-D ends.
     """
     from vococli.answer.opening import open_for_answering
 
     check_decode_device(decode, device)
     weights = answer_weights(weights, load_4bit)
     gen = _gen_config(max_new_tokens, temperature, top_p, seed)
+    path = model_path(model)
+    _check_cache(cache, threads)
+    threads_for(threads)
     quiet_transformers()
     # room for a few turns; a conversation that outgrows it is told to /reset
-    session = open_for_answering(cache, model_path(model), device=device, dtype=dtype, weights=weights,
+    session = open_for_answering(cache, path, device=device, dtype=dtype, weights=weights,
                                  decode=decode, subsample=subsample, notice=err.print,
                                  reserve=512 + max_new_tokens)
     video = session.video
-    err.print(f"[dim]{video.n_frames} frames loaded. /reset forgets earlier turns, /quit ends.[/dim]")
+    _line_editing()
+    err.print(f"[dim]{video.n_frames} frames loaded. {CHAT_HELP}[/dim]")
     while True:
         try:
             line = input("you> ").strip()
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:
             sys.stdout.write("\n")
             return
+        except KeyboardInterrupt:  # as in a shell: drop the line, keep the chat
+            sys.stdout.write("\n")
+            continue
         if not line:
             continue
         if line in ("/quit", "/exit"):
             return
+        if line in ("/help", "/?"):
+            err.print(CHAT_HELP, markup=False)
+            continue
         if line == "/reset":
             session.reset()
             err.print("[dim]earlier turns forgotten[/dim]")
             continue
         if line.startswith("/"):
-            err.print(f"unknown command {line.split()[0]}: /reset forgets earlier turns, /quit ends", markup=False)
+            err.print(f"unknown command {line.split()[0]}; {CHAT_HELP}", markup=False)
             continue
         sys.stdout.write("vococli> ")
         try:
             ans = session.ask(line, gen, on_text=_stdout_stream())
             if not ans.text:
                 sys.stdout.write("(empty answer)")
+        except KeyboardInterrupt:  # stops this answer only; the conversation is as before it
+            sys.stdout.write(" [stopped]")
         except UserError as e:
             err.print(f"error: {e}")
         sys.stdout.write("\n")
+
+
+CHAT_HELP = ("Commands: /reset forgets earlier turns, /help shows this, /quit (or Ctrl-D) ends; "
+             "Ctrl-C stops an answer.")
+
+
+def _line_editing() -> None:
+    """Arrow keys, editing and history at the prompt (GNU readline or libedit, where Python has it)."""
+    if not sys.stdin.isatty():
+        return
+    try:
+        import readline  # noqa: F401  (importing it is what turns line editing on for input())
+    except ImportError:
+        pass

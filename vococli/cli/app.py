@@ -19,8 +19,23 @@ from vococli.cli.eval import eval_command, score_command
 from vococli.cli.training import experiment_table1, synth, tiny_model, train
 from vococli.errors import UserError
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Answer questions about long videos from compact VoCo caches.")
+                  context_settings=HELP_OPTIONS, help="Answer questions about long videos from compact VoCo caches.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from vococli import __version__
+
+        typer.echo(f"vococli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", "-V", metavar="", callback=_version, is_eager=True,
+                                           help="Print the version and exit.")) -> None:
+    """Answer questions about long videos from compact VoCo caches."""
 
 
 # each command lives in the module of its concern; registered here, in --help order
@@ -33,17 +48,25 @@ app.command("score")(score_command)
 app.command("bench")(bench_command)
 app.command()(synth)
 app.command()(train)
-experiment_app = typer.Typer(help="Reproducible experiments on synthetic data.", no_args_is_help=True)
+experiment_app = typer.Typer(help="Reproducible experiments on synthetic data.", no_args_is_help=True,
+                             context_settings=HELP_OPTIONS)
 experiment_app.command("table1")(experiment_table1)
 app.add_typer(experiment_app, name="experiment")
 app.command("tiny-model")(tiny_model)
+
+
+def build_command():
+    """The click command of the app, with vococli's help conventions applied."""
+    command = typer.main.get_command(app)
+    _help_conventions(command)
+    return command
 
 
 def main() -> None:
     """Entry point: map user errors to exit code 1 and one line, crashes to exit code 2."""
     interrupted = interrupted_message(sys.argv[1:2])
     try:
-        rc = app(standalone_mode=False)
+        rc = build_command()(standalone_mode=False)
         if rc == 130:  # click turns Ctrl-C into this return code when not standalone
             err.print(interrupted)
         if isinstance(rc, int) and rc:
@@ -114,3 +137,28 @@ def _compile_failure(e: BaseException) -> str | None:
 
 if __name__ == "__main__":
     main()
+
+
+def _help_conventions(command) -> None:
+    """One way of writing every command's help: on/off flags show no value, options taking text
+    say TEXT (also when repeatable), arguments are upper-case (typer writes a required one in
+    braces, an optional one in brackets)."""
+    for sub in getattr(command, "commands", {}).values():
+        _help_conventions(sub)
+    for param in getattr(command, "params", []):
+        kind = getattr(param, "param_type_name", "")
+        if kind == "option" and param.is_flag:
+            param.metavar = ""
+        elif kind == "option" and param.multiple and param.metavar is None:
+            param.metavar = "TEXT"
+        elif kind == "argument" and param.metavar is None:
+            param.metavar = param.name.upper()
+    help_option = command.get_help_option
+
+    def get_help_option(ctx):
+        option = help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = get_help_option

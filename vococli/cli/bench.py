@@ -11,7 +11,7 @@ from rich.table import Table
 
 from rich.console import Console
 
-from vococli.cli.common import DeviceOpt, DtypeOpt, err, out, quiet_transformers
+from vococli.cli.common import DeviceOpt, DtypeOpt, ThreadsOpt, err, out, quiet_transformers, threads_for
 from vococli.errors import UserError
 
 # the tables are wide: keep them readable when the output goes to a file or a log
@@ -33,15 +33,18 @@ def bench_command(
     weights: Optional[str] = typer.Option(None, "--weights", help="4-bit answering models timed beside the full "
                                           "one, comma-separated: nf4 (bitsandbytes), int4 (torchao); none for "
                                           "neither (default: nf4,int4)."),
-    four_bit: bool = typer.Option(True, "--4bit/--no-4bit", help="--no-4bit: the same as --weights none."),
+    four_bit: bool = typer.Option(True, "--4bit/--no-4bit", hidden=True, help="--no-4bit: the same as --weights none "
+                                  "(an older spelling)."),
     compile: bool = typer.Option(False, "--compile", help="Also time the compiled decode path "
                                  "(`--decode compiled`) on the longest cache, and stage 1 and the end-to-end "
                                  "compress with stage 1's layers compiled."),
     sections: str = typer.Option(",".join(("ceilings", "vision", "stage1", "compress", "table7", "long")),
-                                 help="Comma-separated sections to run."),
+                                 help="Comma-separated sections to run; also startup (the commands' start-up "
+                                 "against `import torch`, with the default model)."),
     save: Optional[Path] = typer.Option(None, help="Also write the results to this JSON file."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
+    threads: Optional[int] = ThreadsOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON instead of tables."),
 ):
     """Measure compression and answering speed and memory on random weights (nothing is downloaded).
@@ -85,6 +88,7 @@ def bench_command(
         raise UserError(f"--weights {weights!r}: give nf4, int4 or both, separated by a comma (none: neither)")
     else:  # the full model is always timed
         quantized = tuple(dict.fromkeys(w for w in names if w != "full"))
+    threads_for(threads)  # the bench's machine line reports the count
     quiet_transformers()
     dev = resolve_device(device)
     cfg = BenchConfig(preset=preset, device=dev, dtype=resolve_dtype(dtype, dev), voco_tokens=voco_tokens,
@@ -173,6 +177,9 @@ def print_section(name: str, value) -> None:
         if "compiled_seconds" in value:
             out.print(f"compress with stage 1 compiled (--compile, compilation included): {value['compiled_seconds']} s "
                       f"= {value['compiled_frames_s']} frames/s, {value['compiled_speedup']}x")
+    elif name == "startup":
+        wide.print(_table(f"Start-up (fresh processes, median of {value['repeats']})", value["rows"],
+                         [("command", "command"), ("seconds", "seconds"), ("vs_import_torch", "vs import torch")]))
     elif name == "table7":
         wide.print(_table("Answering one question (Table 7 of the paper; vision tower not counted)", value,
                          [("method", "method"), ("cached_tokens", "cached tokens"), ("cache_mib", "cache MiB"),

@@ -17,35 +17,42 @@ DecodeOpt = typer.Option("auto", help="Answering path: dynamic (growing cache), 
                          "step; compiles once per process and cache size); auto: graph on GPU, dynamic on CPU.")
 WeightsOpt = typer.Option(None, "--weights", show_default=False, help="The language model's weights while answering: full (the "
                           "--dtype; the default), nf4 (bitsandbytes 4-bit) or int4 (torchao weight-only 4-bit; bfloat16 on GPU).")
-Load4bitOpt = typer.Option(False, "--load-4bit", help="The same as --weights nf4.")
+Load4bitOpt = typer.Option(False, "--load-4bit", hidden=True, help="The same as --weights nf4 (an older spelling).")
 # the answering options ask and chat share
-CacheArg = typer.Argument(..., help="A .voco cache made by `vococli compress`.")
+CacheArg = typer.Argument(..., metavar="CACHE", help="A .voco cache made by `vococli compress` (ask also takes a "
+                          "video file: VIDEO.voco is compressed first when missing, then reused).")
 TemperatureOpt = typer.Option(0.0, help="0 = greedy; > 0 samples.")
 TopPOpt = typer.Option(1.0, help="Nucleus sampling mass (with --temperature).")
 SeedOpt = typer.Option(0, help="Seed for sampling.")
 SubsampleOpt = typer.Option(False, help="Use evenly spaced frames when the cache exceeds the context.")
+ThreadsOpt = typer.Option(None, "--threads", metavar="N", show_default=False,
+                          help="CPU threads to compute with (default: the CPUs this process may use, from its "
+                          "affinity mask).")
 
 
 def answer_weights(weights: str | None, load_4bit: bool) -> str:
     """The --weights value (full when not given), with --load-4bit as its older spelling of nf4."""
+    from vococli.choices import Weights, check
     from vococli.errors import UserError
-    from vococli.families.quantize import check_weights
 
     if weights is None:
         return "nf4" if load_4bit else "full"
-    check_weights(weights)
+    check(weights, Weights, "weights")
     if load_4bit and weights != "nf4":
         raise UserError(f"--load-4bit means --weights nf4; it cannot be combined with --weights {weights}")
     return weights
 
 
 def check_decode_device(decode: str, device: str) -> None:
-    """Refuse an unknown --decode path, or a CUDA-only one without CUDA, before any model is loaded."""
-    from vococli.answer.paths import check_decode, check_decode_device as check_path
-    from vococli.families.loading import resolve_device
+    """Refuse an unknown --decode path, or a CUDA-only one without CUDA, before any model is loaded
+    (the device itself is probed only when the path needs CUDA: that imports torch)."""
+    from vococli.answer.paths import DECODE_PATHS, check_decode, check_decode_device as check_path
 
     check_decode(decode)
-    check_path(decode, resolve_device(device).type)
+    if decode in DECODE_PATHS and DECODE_PATHS[decode].needs_cuda:
+        from vococli.families.loading import resolve_device
+
+        check_path(decode, resolve_device(device).type)
 
 
 def model_path(model: str | None) -> str:
@@ -90,3 +97,10 @@ def progress_bar(label: str) -> Progress:
     return Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err, transient=False,
                     disable=not err.is_terminal)
+
+
+def threads_for(threads: int | None) -> int:
+    """Apply --threads (or its default) to torch before any work; the count, for --json and run.json."""
+    from vococli.threads import use_threads
+
+    return use_threads(threads)

@@ -8,13 +8,16 @@ from typing import Optional
 
 import typer
 
-from vococli.cli.common import DeviceOpt, DtypeOpt, ModelOpt, Rate, err, model_path, out, progress_bar, quiet_transformers
+from vococli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, Rate, ThreadsOpt, err, model_path, out, progress_bar,
+                                quiet_transformers, threads_for)
 from vococli.errors import UserError
 
 
 def compress(
     video: Path = typer.Argument(..., help="Video file (mp4, mkv, webm, avi, mov ...)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Cache folder (default: VIDEO with .voco)."),
+    output: Optional[Path] = typer.Option(None, "--out", "-o", help="Cache folder (default: VIDEO with .voco)."),
+    output_alias: Optional[Path] = typer.Option(None, "--output", hidden=True, help="The same as --out (an older "
+                                                "spelling)."),
     model: Optional[str] = ModelOpt,
     fps: float = typer.Option(1.0, help="Frames sampled per second of video."),
     max_frames: Optional[int] = typer.Option(None, help="Cap on frames; spreads them evenly when exceeded."),
@@ -24,7 +27,7 @@ def compress(
     batch_size: Optional[int] = typer.Option(
         None, help="Frames per forward pass (default: chosen from free GPU memory; 8 on CPU)."),
     chunk_frames: int = typer.Option(128, help="Frames per cache chunk (the unit of resuming)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing cache instead of resuming it."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache instead of resuming it."),
     cache_dtype: str = typer.Option("auto", help="Storage of the cached keys/values: auto (the model's dtype) "
                                     "or int8 (half the size of bf16; accuracy cost in docs/performance.md)."),
     video_backend: str = typer.Option("auto", help="Video decoder: decord, pyav, or auto (decord, then PyAV for "
@@ -33,18 +36,28 @@ def compress(
                                  "on the first batch; the same keys/values up to rounding)."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
+    threads: Optional[int] = ThreadsOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ):
     """Compress a video into a VoCo cache (resumes an interrupted run of the same job)."""
-    from vococli.compress.pipeline import compress_video
-    from vococli.families.loading import load_model
+    if output_alias is not None:
+        if output is not None and output != output_alias:
+            raise UserError("--output is the older spelling of --out; give one of them")
+        output = output_alias
+    from vococli.threads import check_threads
     from vococli.video.sampling import Sampling
 
-    quiet_transformers()
     if not video.exists():
         raise UserError(f"{video}: file not found")
-    m = load_model(model_path(model), device=device, dtype=dtype, voco_tokens=voco_tokens)
-    sampling = Sampling(fps=fps, start=start, end=end, max_frames=max_frames)
+    sampling = Sampling(fps=fps, start=start, end=end, max_frames=max_frames)  # checked before any loading
+    check_threads(threads)
+    path = model_path(model)
+    from vococli.compress.pipeline import compress_video
+    from vococli.families.loading import load_model
+
+    n_threads = threads_for(threads)
+    quiet_transformers()
+    m = load_model(path, device=device, dtype=dtype, voco_tokens=voco_tokens)
     with progress_bar("compress") as bar:
         task = bar.add_task("frames", total=None, rate="")
         rate = Rate(" frames/s", digits=1)
@@ -54,7 +67,7 @@ def compress(
                              progress=lambda done, total: bar.update(task, total=total, completed=done,
                                                                      rate=rate(done)))
     if as_json:
-        out.print_json(json.dumps(res.to_dict()))
+        out.print_json(json.dumps({**res.to_dict(), "threads": n_threads}))
     elif res.computed:
         out.print(f"{res.path}: {res.frames} frames, K={m.layout.k}; compressed {res.computed} frames in "
                   f"{res.seconds:.1f} s ({res.frames_per_s:.1f} frames/s, {res.backend})")
@@ -81,10 +94,26 @@ def info(
                    + ("" if info.last.final else " (unfinished)")),
         ("sampling", f"fps={s['fps']} start={s['start']} end={s['end']} max_frames={s['max_frames']}"),
         ("voco tokens", f"K={meta.k} per frame, first VoCo position c0={meta.c0}"),
-        ("model", f"{meta.model_fingerprint} ({meta.model_path}; {meta.family}, compressor {meta.compressor})"),
+        ("model", f"{meta.model_fingerprint} ({_model_name(meta.model_path)}; {meta.family}, "
+                  f"compressor {meta.compressor})"),
         ("dtype", meta.dtype if meta.storage == meta.dtype else f"{meta.dtype}, stored as {meta.storage}"),
         ("size", f"{info.bytes / 2**20:.2f} MiB in {info.chunks} chunk(s), "
                  f"{info.bytes / max(1, info.frames) / 2**10:.1f} KiB per frame"),
     ]
     for k, v in rows:
         out.print(f"[bold]{k:>12}[/bold]  {v}")
+
+
+def _model_name(path: str) -> str:
+    """The recorded model folder, or "the bundled default model" when it is that one."""
+    import os
+
+    from vococli.defaults import bundled_model_dir
+
+    bundled = bundled_model_dir()
+    try:
+        if bundled is not None and os.path.samefile(path, os.fspath(bundled)):
+            return "the bundled default model"
+    except OSError:  # the folder is gone or elsewhere: show what was recorded
+        pass
+    return path

@@ -13,8 +13,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from vococli.cli.common import (DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, Rate, answer_weights,
-                         check_decode_device, err, model_path, out, quiet_transformers)
+from vococli.cli.common import (DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, Rate, ThreadsOpt, answer_weights,
+                                check_decode_device, err, model_path, out, quiet_transformers, threads_for)
 from vococli.errors import UserError
 
 
@@ -53,24 +53,25 @@ def eval_command(
                                     "or int8."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
+    threads: Optional[int] = ThreadsOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
 ):
     """Answer a video QA benchmark: each video compressed once, every answer saved as it is made.
 
     Rerunning the same command skips the questions already answered.
     """
-    from vococli.eval.run import DEFAULT_SUFFIX, EvalConfig, check_run_folder, run_eval
-    from vococli.families.loading import answering_model
-    from vococli.families.loading import load_model, resolve_device, resolve_dtype
-    from vococli.eval.formats import read_questions
-    from vococli.families.quantize import check_int4_target
+    from vococli.choices import Storage, check
+    from vococli.errors import check_output_folder
+    from vococli.eval.formats import SHORT_ANSWER_SUFFIX, read_questions
+    from vococli.threads import check_threads
     from vococli.video.sampling import Sampling
 
-    from vococli.cache.int8 import check_storage
-
+    # every flag and file is checked before torch and the model code are imported
     check_decode_device(decode, device)
     weights = answer_weights(weights, load_4bit)
-    check_storage(cache_dtype)
+    check(cache_dtype, Storage, "cache_dtype")
+    check_threads(threads)
+    sampling = Sampling(fps=fps, max_frames=max_frames)
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
     if max_new_tokens < 1:
@@ -79,21 +80,28 @@ def eval_command(
         raise UserError(f"{videos}: not a folder; --videos takes the folder that holds the videos")
     if not videos.is_dir():
         raise UserError(f"{videos}: videos folder not found")
-    cfg = EvalConfig(dataset=dataset, videos=videos, out=out_dir, cache_dir=cache_dir,
-                     sampling=Sampling(fps=fps, max_frames=max_frames),
-                     suffix=DEFAULT_SUFFIX if suffix is None else suffix, max_new_tokens=max_new_tokens,
-                     batch_size=batch_size, decode=decode, cache_dtype=cache_dtype,
-                     retry_errors=retry_errors)
-    check_run_folder(cfg)  # before the model loads
+    caches_name = (cache_dir or out_dir / "caches").name
+    check_output_folder(out_dir, "run.json", "an eval run folder", own=(caches_name,))
     items, detected = read_questions(dataset, qa=qa, questions=questions, answers=answers, fmt=fmt,
                                      mapping=mapping)
     items = items[:limit] if limit else items
     annotations = [p for p in (qa, questions, answers) if p is not None]
+    model_folder = model_path(model)
+
+    from vococli.eval.run import EvalConfig, run_eval
+    from vococli.families.loading import answering_model, load_model, resolve_device, resolve_dtype
+    from vococli.families.quantize import check_int4_target
+
+    n_threads = threads_for(threads)
+    cfg = EvalConfig(dataset=dataset, videos=videos, out=out_dir, cache_dir=cache_dir, threads=n_threads,
+                     sampling=sampling, suffix=SHORT_ANSWER_SUFFIX if suffix is None else suffix,
+                     max_new_tokens=max_new_tokens, batch_size=batch_size, decode=decode, cache_dtype=cache_dtype,
+                     retry_errors=retry_errors)
     quiet_transformers()
     if weights == "int4":
         dev = resolve_device(device)
         check_int4_target(dev, resolve_dtype(dtype, dev))  # before the model loads
-    m = load_model(model_path(model), device=device, dtype=dtype, voco_tokens=voco_tokens)
+    m = load_model(model_folder, device=device, dtype=dtype, voco_tokens=voco_tokens)
     # the 4-bit answerer shares the embeddings and head with the compressing model; only the
     # decoder's Linear weights are held twice (in full and in 4-bit)
     answerer = answering_model(m, weights) if weights != "full" else None
@@ -109,9 +117,16 @@ def eval_command(
             on_video=lambda d, n: progress.update(vt, completed=d, total=n, rate=v_rate(d)),
             on_item=lambda d, n: progress.update(qt, completed=d, total=n, rate=q_rate(d)),
             notice=lambda s: err.print(s), answerer=answerer)
+    all_failed = summary.errors and not summary.answered and summary.errors == summary.questions - summary.already_done
+    failed = UserError(f"{out_dir}: every question of this run failed ({summary.errors}; the first: "
+                       f"{summary.first_error}); they are in predictions.jsonl")
     if as_json:
         out.print_json(json.dumps({"out": str(out_dir), **summary.__dict__}))
+        if all_failed:
+            raise failed
         return
+    if all_failed:
+        raise failed
     earlier = (f" ({summary.earlier_errors} of them errors; --retry-errors asks them again)"
                if summary.earlier_errors else "")
     if summary.retried:
@@ -170,12 +185,13 @@ def score_command(
         return
     llm = judge == "llm"
     table = Table(title=f"{run} ({judge})")
-    for col in ["type", "accuracy", "correct", "judged", "errors"] + (["failed", "score"] if llm else []):
+    for col in ["type", "accuracy", "correct", "judged", "errors", "answered"] + (["failed", "score"] if llm else []):
         table.add_column(col, justify="left" if col == "type" else "right")
     typed = list(d["by_type"].items()) if set(d["by_type"]) != {"all"} else []  # untyped sets: overall only
     for name, t in [("overall", d["overall"])] + typed:
         acc = "-" if t["accuracy"] is None else f"{100 * t['accuracy']:.1f}%"
-        row = [name, acc, str(t["correct"]), str(t["judged"]), str(t["errors"])]
+        answered = "-" if t["answered"] is None else f"{100 * t['answered']:.1f}%"
+        row = [name, acc, str(t["correct"]), str(t["judged"]), str(t["errors"]), answered]
         if llm:
             row += [str(t["failed_judgements"]), "-" if t["score"] is None else f"{t['score']:.2f}"]
         table.add_row(*row, style="bold" if name == "overall" else None)

@@ -61,7 +61,8 @@ def train(
                                                   "(a LLaVA checkpoint, or an earlier stage)."),
     mask: str = typer.Option("voco", help="voco: text sees only the VoCo tokens; causal: text sees the image "
                              "too (the upper bound, and the first stage of the curriculum)."),
-    no_voco_mask: bool = typer.Option(False, "--no-voco-mask", help="Same as --mask causal."),
+    no_voco_mask: bool = typer.Option(False, "--no-voco-mask", hidden=True, help="Same as --mask causal (an older "
+                                      "spelling)."),
     compressor: str = typer.Option("voco", help="voco, or avgpool: average-pool the image tokens to K + a "
                                    "linear layer in place of the VoCo tokens (baseline)."),
     voco_tokens: Optional[int] = typer.Option(None, help="VoCo tokens per frame K (default: the checkpoint's, else 2)."),
@@ -81,7 +82,8 @@ def train(
     resume: bool = typer.Option(False, help="Continue the run saved in --out from its last step, with its "
                                 "saved settings (only --steps/--epochs, --save-every, --threads, --device change)."),
     seed: int = typer.Option(0, help="Seed of the initial weights and the data order."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads (default: torch's choice)."),
+    threads: Optional[int] = typer.Option(None, metavar="N", help="CPU threads to compute with (default: the CPUs "
+                                          "this process may use, from its affinity mask)."),
     device: str = DeviceOpt,
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for CUDA)."),
 ):

@@ -12,8 +12,9 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 from vococli.cache.meta import CacheMeta, video_identity
@@ -24,14 +25,16 @@ from vococli.video.feed import Backoff, Prefetcher, auto_batch_size, frames_tens
 from vococli.cache.int8 import check_storage
 from vococli.families.base import VocoModel
 from vococli.families.loading import DTYPE_NAMES
-from vococli.compress.pixels import to_pixels
+from vococli.compress.pixels import shrink_large_frames, to_pixels
 from vococli.compress.stage1 import compiled_layers, compress_pixels, supports_compiled_layers
+from vococli.video.backends import FrameBatch
 from vococli.video.reader import VideoReader
 from vococli.video.sampling import Sampling, plan_frames
 
 
 
 CHUNK_FRAMES = 128  # frames per cache chunk, the unit of resuming
+DECODE_BYTES = 64 << 20  # full-size decoded frames held at once (before large ones are shrunk)
 
 
 @dataclass
@@ -92,7 +95,7 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
     t_start = time.perf_counter()
     video = Path(video)
     out = Path(out) if out is not None else default_output(video)
-    reader = VideoReader(video, video_backend)
+    reader = VideoReader(video, video_backend, fit=model.image.size)
     plan = plan_frames(reader.timestamps, sampling)
     lay = model.layout
     meta = CacheMeta(
@@ -125,7 +128,7 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
         # full; the decoded arrays are dropped once copied (to pinned memory on CUDA). A full chunk is
         # copied to the host asynchronously and written by the chunk queue's thread: the loop never
         # waits for a copy or a write.
-        batches = Prefetcher(reader.read(plan[start:], min(batch_size, chunk_frames)),
+        batches = Prefetcher(decoded_batches(reader, plan[start:], min(batch_size, chunk_frames), model.image),
                              lambda b: (replace(b, frames=None), frames_tensor(b.frames, pin)))
         with batches, ChunkQueue(writer) as chunk_queue, (compiled_layers(model) if compile else nullcontext()):
             for batch, frames in batches:
@@ -154,6 +157,31 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
             notice(f"note: {lost} of {total} planned frames could not be decoded (damaged video) and were skipped")
         return CompressResult(out, writer.frames_done, total, lost, computed, time.perf_counter() - t_start,
                               reader.backend, batches.waited)
+
+
+def decoded_batches(reader: VideoReader, plan: np.ndarray, batch_size: int, spec) -> Iterator[FrameBatch]:
+    """The planned frames in batches of `batch_size`, decoded at most DECODE_BYTES of full-size
+    frames at a time and large frames shrunk to the model's input size at once, so memory does
+    not grow with the video's resolution (see compress/pixels.py)."""
+    width, height = reader.size
+    per_read = max(1, min(batch_size, DECODE_BYTES // max(1, width * height * 3)))
+    held: list[FrameBatch] = []
+    count = 0
+    for batch in reader.read(plan, per_read):
+        held.append(replace(batch, frames=shrink_large_frames(batch.frames, spec)))
+        count += len(batch.indices)
+        if count >= batch_size:
+            yield _joined(held)
+            held, count = [], 0
+    if held:
+        yield _joined(held)
+
+
+def _joined(batches: list[FrameBatch]) -> FrameBatch:
+    if len(batches) == 1:
+        return batches[0]
+    return FrameBatch([i for b in batches for i in b.indices], [t for b in batches for t in b.timestamps],
+                      np.concatenate([b.frames for b in batches]))
 
 
 def _empty_chunk(model: VocoModel) -> torch.Tensor:

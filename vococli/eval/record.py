@@ -46,6 +46,8 @@ def versions(weights: str = "full") -> dict:
 
 def run_record(model: VocoModel, cfg: EvalConfig, annotations: list[Path], fmt: str,
                answerer: VocoModel | None = None) -> dict:
+    import torch
+
     template = model.tokenizer.chat_template or ""
     return {
         "format": RUN_FORMAT, "format_version": RUN_VERSION, "dataset": cfg.dataset, "annotation_format": fmt,
@@ -60,6 +62,7 @@ def run_record(model: VocoModel, cfg: EvalConfig, annotations: list[Path], fmt: 
                    "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()},
         "generation": {"max_new_tokens": cfg.max_new_tokens, "temperature": 0.0, "decoding": "greedy"},
         "versions": versions((answerer or model).weights), "videos": str(cfg.videos), "cache_dir": str(cfg.caches),
+        "threads": cfg.threads if cfg.threads is not None else torch.get_num_threads(),
     }
 
 

@@ -56,6 +56,7 @@ class EvalConfig:
     decode: str = "auto"  # answering path (answer.paths.decode_names)
     cache_dtype: str = "auto"  # storage of cached keys/values (kv_quant.STORAGES)
     retry_errors: bool = False  # ask again every question that failed before (not only those whose cause may be gone)
+    threads: int | None = None  # CPU threads torch computes with (recorded in run.json; set by the caller)
 
     @property
     def caches(self) -> Path:
@@ -73,6 +74,7 @@ class EvalSummary:
     frames_compressed: int  # frames this run compressed (0 when every cache already existed)
     seconds: float
     retried: int = 0  # earlier errors asked again by this run
+    first_error: str = ""  # the first error this run recorded
 
 
 def group_by_video(items: list[QAItem]) -> list[tuple[str, list[QAItem]]]:
@@ -139,6 +141,7 @@ def _run_locked(model, answerer, items, cfg, annotations, fmt, on_video, on_item
     def fail(q: QAItem, base: dict, error: str, kind: str, **extra) -> None:
         log.write({"id": q.id, **base, "question": printable(q.question), "answer": printable(q.answer),
                    **({"type": q.type} if q.type else {}), "error": error, "error_kind": kind, **extra})
+        summary.first_error = summary.first_error or error
         count(n_errors=1)
 
     try:

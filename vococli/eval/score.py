@@ -40,9 +40,15 @@ class Tally:
     def judged(self) -> int:
         return self.correct + self.wrong
 
+    @property
+    def questions(self) -> int:
+        return self.judged + self.errors + self.failed
+
     def to_dict(self, llm: bool) -> dict:
         d = {"accuracy": round(self.correct / self.judged, 4) if self.judged else None,
-             "correct": self.correct, "judged": self.judged, "errors": self.errors}
+             "correct": self.correct, "judged": self.judged, "errors": self.errors,
+             # the share of questions that got an answer: accuracy is over those alone
+             "answered": round((self.questions - self.errors) / self.questions, 4) if self.questions else None}
         if llm:
             d["failed_judgements"] = self.failed
             d["score"] = round(self.score_sum / self.judged, 3) if self.judged else None

@@ -10,14 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from pathlib import Path
 
 import torch
 
+from vococli.defaults import HUB_ID
 from vococli.errors import UserError
 from vococli.families.base import VocoModel, read_layout
 from vococli.families.quantize import check_int4_target, check_weights
+from vococli.quiet import no_progress_bars
 
 FINGERPRINT_SAMPLE = 1 << 20  # bytes hashed at each sampled place of a weight file
 FULLY_HASHED = 64 << 20  # weight data up to this size are hashed whole
@@ -132,7 +133,6 @@ def resolve_dtype(dtype: str | None, device: torch.device) -> torch.dtype:
     return DTYPES[dtype]
 
 
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 LATEST = "LATEST"  # in a training run's folder: the name of its current save
@@ -169,10 +169,10 @@ def check_folder(path: str | Path) -> Path:
     return path
 
 
-def load_model(path: str | Path, device: str | None = None, dtype: str | None = None,
+def load_model(path: str | Path | None = None, device: str | None = None, dtype: str | None = None,
                vision: bool = True, weights: str = "full", voco_tokens: int | None = None,
                attn: str | None = None, allow_baseline: bool = False) -> VocoModel:
-    """Load a VoCo checkpoint folder.
+    """Load a VoCo checkpoint folder (default: $VOCOCLI_MODEL, else the bundled default model).
 
     With `vision=False` only the language model and its head are loaded (all that answering
     needs); `weights` "nf4" or "int4" makes that language model's decoder 4-bit (quantize.py).
@@ -182,6 +182,10 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | None = 
 
     from vococli.families import family_for_config
 
+    if path is None:
+        from vococli.defaults import default_model_path
+
+        path = default_model_path()
     path = check_folder(path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -202,7 +206,8 @@ def load_model(path: str | Path, device: str | None = None, dtype: str | None = 
     layout = read_layout(config, tokenizer, voco_tokens)
     fingerprint = fingerprint_checkpoint(path)  # also refuses a weight file whose header is damaged
     try:
-        lm, full = family.load(path, config, dev, dt, vision=vision, weights=weights, attn=attn)
+        with no_progress_bars():
+            lm, full = family.load(path, config, dev, dt, vision=vision, weights=weights, attn=attn)
     except Exception as e:  # a truncated or mismatched weight file, a config field of the wrong type
         if isinstance(e, (OSError, ValueError, TypeError, KeyError, EOFError)) or type(e).__name__ == "SafetensorError":
             raise UserError(f"{path}: the weights cannot be loaded ({_first_line(e)}); the checkpoint is damaged "

@@ -22,6 +22,7 @@ from transformers import (
 )
 
 from vococli.families.base import IMAGE_TOKEN, VOCO_TOKEN
+from vococli.quiet import no_progress_bars
 
 # Vicuna-style turn markers; the text follows the VoCo block, so it starts with a newline.
 CHAT_TEMPLATE = (
@@ -199,8 +200,9 @@ def save_checkpoint(model, tokenizer, out: Path) -> Path:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with no_progress_bars():
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     proc = image_processor_config(model.config.vision_config.image_size)
     (out / "preprocessor_config.json").write_text(json.dumps(proc, indent=2) + "\n")
     return out

@@ -24,6 +24,7 @@ from vococli.compressors import get_compressor
 from vococli.errors import EnvironmentProblem, UserError
 from vococli.families.base import ImageSpec, VocoModel, read_layout
 from vococli.families.loading import LATEST, checkpoint_folder
+from vococli.quiet import no_progress_bars
 from vococli.train.config import TrainConfig, TrainState
 
 TRAINER_DIR = "trainer"
@@ -102,8 +103,9 @@ LEGACY_FILES = ("config.json", "generation_config.json", "model.safetensors", "p
 
 def stage_model(model: VocoModel, module, proc: dict, tmp: Path) -> None:
     """Write the checkpoint files into the folder `tmp` (and the compressor's own layer)."""
-    model.llava.save_pretrained(tmp)
-    model.tokenizer.save_pretrained(tmp)
+    with no_progress_bars():
+        model.llava.save_pretrained(tmp)
+        model.tokenizer.save_pretrained(tmp)
     (tmp / "preprocessor_config.json").write_text(json.dumps(proc, indent=2) + "\n")
     if module is not None:
         name = get_compressor(getattr(model.llava.config, "voco_compressor", "voco")).module_file

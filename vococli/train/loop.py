@@ -30,6 +30,7 @@ import torch
 
 from vococli.choices import TrainMask, check
 from vococli.errors import UserError
+from vococli.threads import check_threads, use_threads
 from vococli.families.base import VocoModel
 from vococli.train.data import FrameStore, MediaItem, epoch_batches, make_batch, read_training_file
 from vococli.train.resume import check_resume_settings, resumed_from_command
@@ -72,7 +73,17 @@ def train(cfg: TrainConfig, resume: bool = False,
     `given` names the TrainConfig fields the user set (the command line passes them): a resume
     refuses those that differ from the run's and takes from `cfg` only the given ones of the
     settings a resume may change (train_resume.RESUMABLE), keeping the run's own for the rest.
-    None (library callers): `cfg`'s resumable settings are used, the others are the run's."""
+    None (library callers): `cfg`'s resumable settings are used, the others are the run's.
+    The run computes with `cfg.threads` CPU threads (default: vococli.threads) and gives torch's
+    thread count back as it was when it ends."""
+    previous = torch.get_num_threads()
+    try:
+        return _train(cfg, resume, on_step, notice, given)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(cfg: TrainConfig, resume: bool, on_step, notice, given) -> TrainState:
     from vococli.families.loading import resolve_device
 
     from vococli.compressors import DEFAULT_COMPRESSOR, get_compressor
@@ -88,12 +99,11 @@ def train(cfg: TrainConfig, resume: bool = False,
         raise UserError(f"--lr must be a positive number and --weight-decay 0 or more, got {cfg.lr} and "
                         f"{cfg.weight_decay}")
     Sampling(fps=cfg.fps, max_frames=cfg.max_frames)  # refuses a bad --fps before anything is loaded
+    check_threads(cfg.threads)
     if cfg.voco_tokens is not None and cfg.voco_tokens < 1:
         raise UserError("--voco-tokens must be at least 1")
     if cfg.warmup_steps < 0 or (cfg.steps is not None and cfg.steps < 1) or cfg.epochs <= 0:
         raise UserError("--steps must be at least 1, --epochs positive and --warmup-steps at least 0")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     if out.is_dir():
@@ -116,6 +126,7 @@ def train(cfg: TrainConfig, resume: bool = False,
         if saved_state.exists() or (current_save(out) / "config.json").exists():
             raise UserError(f"{out}: already holds a checkpoint; pass --resume to continue it or choose a new --out")
         st = TrainState()
+    use_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     start = replace(cfg, init=None, checkpoint=str(out)) if resume else cfg  # a resume starts from its last save
     model, module, proc = build_model(start, device)

@@ -17,7 +17,7 @@ import numpy as np
 
 from vococli.errors import UserError
 from vococli.video.backends import PREFERENCE, CannotOpen, FrameBatch, StreamFailed, VideoBackend, get_backend
-from vococli.video.timestamps import stream_timestamps
+from vococli.video.timestamps import frame_size, stream_timestamps
 
 
 class VideoReader:
@@ -28,9 +28,11 @@ class VideoReader:
     backend is used alone, so that what is asked for is what decodes: a file it cannot open is a
     UserError, and the frames after a mid-stream failure count as lost. `backend` is the name of
     the backend that opened the file; `lost` counts planned frames that could not be decoded.
+    With `fit` (the model's input size), frames much larger than it are decoded at about that
+    size (video/backends/base.decode_size), so memory does not grow with the resolution.
     """
 
-    def __init__(self, path: str | Path, backend: str = "auto"):
+    def __init__(self, path: str | Path, backend: str = "auto", fit: int | None = None):
         order = [get_backend(n) for n in PREFERENCE] if backend == "auto" else [get_backend(backend)]
         self.path = Path(path)
         if not self.path.exists():
@@ -38,12 +40,14 @@ class VideoReader:
         if not self.path.is_file():
             raise UserError(f"{self.path}: not a file")
         self.timestamps = stream_timestamps(self.path)
+        self.size = frame_size(self.path)  # (width, height) as coded
+        self.fit = fit  # the model's input size: much larger frames are decoded smaller
         self.lost = 0  # planned frames that could not be decoded
         refusals: list[str] = []
         while order:
             cls = order.pop(0)
             try:
-                self._first = cls(self.path, self.timestamps)
+                self._first = cls(self.path, self.timestamps, fit)
                 break
             except CannotOpen as e:
                 refusals.append(f"{cls.name}: {e}")
@@ -84,7 +88,7 @@ class VideoReader:
         for cls in self._fallbacks:
             if cls.name not in self._opened:
                 try:
-                    self._opened[cls.name] = cls(self.path, self.timestamps)
+                    self._opened[cls.name] = cls(self.path, self.timestamps, self.fit)
                 except CannotOpen:
                     self._opened[cls.name] = None
             if self._opened[cls.name] is not None:

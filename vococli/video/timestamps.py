@@ -45,3 +45,11 @@ def stream_timestamps(path: Path) -> np.ndarray:
     if not pts:
         raise UserError(f"{path}: the video stream has no timestamped frames")
     return np.unique(np.asarray(pts, dtype=np.int64)) * tb
+
+
+def frame_size(path: Path) -> tuple[int, int]:
+    """(width, height) of the video stream's coded frames, from its header (no decoding)."""
+    container = open_container(path)
+    with container:
+        ctx = container.streams.video[0].codec_context
+        return int(ctx.width or 0), int(ctx.height or 0)

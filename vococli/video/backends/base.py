@@ -36,13 +36,16 @@ class StreamFailed(Exception):
 
 class VideoBackend(ABC):
     """Frames of one file by one decoder. Subclasses set `name` and implement `read`, and open
-    the file in `__init__` (calling this one first), raising `CannotOpen` when they cannot."""
+    the file in `__init__` (calling this one first), raising `CannotOpen` when they cannot.
+    A backend that can scale while decoding decodes large frames at `decode_size(..., fit)`
+    (memory then does not grow with the video's resolution); others deliver them as they are."""
 
     name: ClassVar[str]
 
-    def __init__(self, path: Path, timestamps: np.ndarray):
+    def __init__(self, path: Path, timestamps: np.ndarray, fit: int | None = None):
         self.path = path
         self.timestamps = timestamps  # seconds, one per frame, in display order
+        self.fit = fit  # frames much larger than this (see decode_size) may be decoded smaller
 
     @abstractmethod
     def read(self, frames: np.ndarray, batch_size: int) -> Iterator[FrameBatch]:
@@ -50,6 +53,20 @@ class VideoBackend(ABC):
         in batches of at most `batch_size`, RGB with display rotation applied. A batch's `indices`
         are positions in `frames`, its `timestamps` those of its frames. Frames that cannot be
         decoded are left out (the reader counts them as lost); raise `StreamFailed` to stop."""
+
+
+LARGE = 2  # a frame whose longer side exceeds LARGE x the model's input size is large
+
+
+def decode_size(width: int, height: int, fit: int | None) -> tuple[int, int] | None:
+    """The size to decode a `width` x `height` frame at: None (as it is) unless its longer side
+    exceeds LARGE x `fit`; then scaled, aspect kept, so that its longer side is LARGE x `fit`
+    (the model's own padding and antialiased resize then take it to `fit`: decoders' scalers
+    alias when they shrink by large factors, and resizing before padding shifts the borders)."""
+    if not fit or max(width, height) <= LARGE * fit:
+        return None
+    scale = LARGE * fit / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 B = TypeVar("B", bound=type[VideoBackend])

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
-from vococli.video.backends.base import FrameBatch, VideoBackend, register
+from vococli.video.backends.base import FrameBatch, VideoBackend, decode_size, register
 from vococli.video.timestamps import open_container
 
 
@@ -50,7 +50,10 @@ class PyAVBackend(VideoBackend):
                     pos = wanted.pop(t, None)
                     if pos is None:
                         continue
-                    img = _rotate(frame.to_ndarray(format="rgb24"), getattr(frame, "rotation", 0) or 0)
+                    size = decode_size(frame.width, frame.height, self.fit)
+                    if size is not None:  # scaled by FFmpeg before conversion: no full-size RGB copy
+                        frame = frame.reformat(width=size[0], height=size[1])
+                    img = _rotate(frame.to_ndarray(format="rgb24"), rotation(frame))
                     batch.append((pos, t, img))
                     if len(batch) == batch_size:
                         yield _stack(batch)
@@ -59,6 +62,10 @@ class PyAVBackend(VideoBackend):
                     break
         if batch:
             yield _stack(batch)
+
+
+def rotation(frame) -> float:
+    return getattr(frame, "rotation", 0) or 0
 
 
 def _rotate(img: np.ndarray, degrees: float) -> np.ndarray:
