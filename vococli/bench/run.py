@@ -237,7 +237,11 @@ def run_bench(cfg: BenchConfig, report: Callable[[str, object], None] = lambda k
         from vococli.bench.startup import startup_times
 
         section("startup", lambda: startup_times(cfg.repeats))
-    if not set(cfg.sections) - {"ceilings", "startup"}:  # no section that needs a model
+    if "serve" in cfg.sections:
+        from vococli.bench.serving import serve_load
+
+        section("serve", lambda: serve_load())
+    if not set(cfg.sections) - {"ceilings", "startup", "serve"}:  # no section that needs a model
         return result
     t0 = time.perf_counter()
     model = random_model(cfg.preset, cfg.device, cfg.dtype, cfg.voco_tokens)

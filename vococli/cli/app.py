@@ -16,6 +16,7 @@ from vococli.cli.bench import bench_command
 from vococli.cli.common import err
 from vococli.cli.compress import compress, info
 from vococli.cli.eval import eval_command, score_command
+from vococli.cli.serve import serve
 from vococli.cli.training import experiment_table1, synth, tiny_model, train
 from vococli.errors import UserError
 
@@ -46,6 +47,7 @@ app.command()(info)
 app.command("eval")(eval_command)
 app.command("score")(score_command)
 app.command("bench")(bench_command)
+app.command()(serve)
 app.command()(synth)
 app.command()(train)
 experiment_app = typer.Typer(help="Reproducible experiments on synthetic data.", no_args_is_help=True,

@@ -40,7 +40,8 @@ def bench_command(
                                  "compress with stage 1's layers compiled."),
     sections: str = typer.Option(",".join(("ceilings", "vision", "stage1", "compress", "table7", "long")),
                                  help="Comma-separated sections to run; also startup (the commands' start-up "
-                                 "against `import torch`, with the default model)."),
+                                 "against `import torch`) and serve (16 clients against `vococli serve`), both "
+                                 "with the default model."),
     save: Optional[Path] = typer.Option(None, help="Also write the results to this JSON file."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
@@ -180,6 +181,10 @@ def print_section(name: str, value) -> None:
     elif name == "startup":
         wide.print(_table(f"Start-up (fresh processes, median of {value['repeats']})", value["rows"],
                          [("command", "command"), ("seconds", "seconds"), ("vs_import_torch", "vs import torch")]))
+    elif name == "serve":
+        out.print(f"serve: {value['clients']} clients, {value['requests']} requests over {value['videos']} videos: "
+                  f"{value['errors']} errors, {value['caches']} caches made; latency p50 {value['p50_s']} s, "
+                  f"p95 {value['p95_s']} s, max {value['max_s']} s; {value['answers_per_s']} answers/s")
     elif name == "table7":
         wide.print(_table("Answering one question (Table 7 of the paper; vision tower not counted)", value,
                          [("method", "method"), ("cached_tokens", "cached tokens"), ("cache_mib", "cache MiB"),

@@ -1,0 +1,1 @@
+"""`vococli serve`: an OpenAI-compatible server answering from per-video caches on disk."""
