@@ -85,3 +85,24 @@ def test_compress_killed_at_random_moments_resumes_to_the_same_cache(tiny_ckpt, 
     assert r.returncode == 0, r.stderr
     a, b = load_cache(tmp_path / "ref.voco"), load_cache(out)
     assert a.keys.equal(b.keys) and a.values.equal(b.values) and (a.timestamps == b.timestamps).all()
+
+
+def test_a_tokenizer_that_does_not_fit_the_embedding_is_one_line(damaged_ckpt, tmp_path):
+    """<voco> added to the tokenizer but the embedding never grown (an IndexError before)."""
+    config = json.loads((damaged_ckpt / "config.json").read_text())
+    config["text_config"]["vocab_size"] = 8
+    (damaged_ckpt / "config.json").write_text(json.dumps(config))
+    one_line_error(run("compress", CLIP, "--model", damaged_ckpt, "-o", tmp_path / "c.voco"),
+                   "is outside the model's embedding (8 rows)")
+
+
+def test_an_image_is_a_one_frame_cache(tiny_ckpt, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(np.full((120, 160, 3), (200, 40, 40), dtype=np.uint8)).save(photo)
+    r = run("compress", photo, "--model", tiny_ckpt, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["frames"] == 1, r.stderr
+    a = run("ask", tmp_path / "photo.voco", "what colour is it?", "--model", tiny_ckpt, "--max-new-tokens", "3")
+    assert a.returncode == 0, a.stderr

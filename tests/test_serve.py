@@ -167,6 +167,24 @@ def test_uploads_land_in_the_media_root_and_can_be_asked_about(client, server):
     assert strip.status_code == 200 and strip.content.startswith(b"\x89PNG")
 
 
+def test_an_image_is_a_one_frame_cache(client, server):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    base, root, _ = server
+    buf = io.BytesIO()
+    Image.fromarray(np.full((96, 96, 3), (40, 200, 200), dtype=np.uint8)).save(buf, format="PNG")
+    assert httpx.put(f"{base}/vococli/media/still.png", content=buf.getvalue()).status_code == 200
+    messages = [{"role": "user", "content": [{"type": "text", "text": "what colour is the background?"},
+                                             {"type": "image_url", "image_url": {"url": "still.png"}}]}]
+    reply = client.chat.completions.create(model="m", messages=messages, max_tokens=8)
+    assert reply.choices[0].message.content
+    still = [c for c in httpx.get(f"{base}/vococli/caches").json()["data"] if c["video"] == "still.png"]
+    assert len(still) == 1 and still[0]["frames"] == 1
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

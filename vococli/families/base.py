@@ -170,6 +170,14 @@ def read_layout(config, tokenizer, k: int | None = None) -> VocoLayout:
         why = f"the checkpoint was trained with K={trained_k}" if trained_k is not None else f"a frame has {n_image} image tokens"
         raise UserError(f"voco_tokens must be between 1 and {most} ({why}), got {k}", option="voco_tokens")
     sep = tokenizer(getattr(config, "voco_separator", "\n"), add_special_tokens=False)["input_ids"]
+    rows = getattr(getattr(config, "text_config", config), "vocab_size", None)
+    if isinstance(rows, int):
+        named = {VOCO_TOKEN: voco_id, "BOS": tokenizer.bos_token_id, "separator": max(sep, default=None),
+                 IMAGE_TOKEN: getattr(config, "image_token_index", None)}
+        for what, token_id in named.items():
+            if isinstance(token_id, int) and not 0 <= token_id < rows:
+                raise UserError(f"the tokenizer's {what} id {token_id} is outside the model's embedding ({rows} rows): "
+                                "the tokenizer and the weights do not belong together")
     return VocoLayout(
         bos_id=tokenizer.bos_token_id,
         n_image=n_image,

@@ -135,6 +135,9 @@ def _stream(engine: Engine, video: Path, req) -> StreamingResponse | JSONRespons
             except (UserError, Cancelled) as e:
                 yield _sse(error(str(e) or "cancelled"))
                 return
+            except Exception as e:  # a bug: said in the stream, without a traceback
+                yield _sse(error(f"internal error: {type(e).__name__}", "server_error"))
+                return
             usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.tokens,
                      "total_tokens": reply.prompt_tokens + reply.tokens}
             yield _sse(chunk(cid, engine.name, {}, "stop" if reply.finished else "length", usage))

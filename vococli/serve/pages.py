@@ -17,7 +17,7 @@ from vococli.serve.media import resolve_media
 from vococli.serve.protocol import error
 
 STATIC = Path(__file__).parent / "static"
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".png", ".jpg", ".jpeg")  # images: one frame
 UPLOAD_MAX = 512 << 20  # bytes of one uploaded video
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._ -]{0,199}")
 STRIP_FRAMES, STRIP_HEIGHT = 8, 72
