@@ -36,6 +36,15 @@ class Terminal:
         before, self.seen = self.seen[:at], self.seen[at:]
         return before
 
+    def read_more(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until `count` more bytes have come."""
+        end, want = time.monotonic() + timeout, len(self.seen) + count
+        while len(self.seen) < want:
+            left = end - time.monotonic()
+            assert left > 0, f"output stopped; got {self.seen[-200:]!r}"
+            if select.select([self.fd], [], [], left)[0]:
+                self.seen += os.read(self.fd, 4096)
+
     def type(self, keys: bytes) -> None:
         os.write(self.fd, keys)
 
@@ -61,7 +70,7 @@ def test_ctrl_c_stops_the_answer_and_the_chat_goes_on(compressed, tiny_ckpt):
     assert b"/help" in t.read_until(b"you> ", 120)  # the commands are listed at the start
     t.type(b"what is here?\r")
     t.read_until(b"vococli> ")
-    time.sleep(1.0)  # the answer is streaming
+    t.read_more(20)  # the answer is streaming (3000 tokens: seconds more to go)
     t.type(b"\x03")  # Ctrl-C, as the terminal sends it: SIGINT to the chat
     t.read_until(b"[stopped]", 30)
     t.read_until(b"you> ", 30)
