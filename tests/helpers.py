@@ -207,3 +207,23 @@ def rewrite_chunk(path, meta: dict | None = None, tensors: dict | None = None) -
 
     save_file(tensors if tensors is not None else load_file(str(path)), str(path),
               metadata={"vococli": json.dumps(meta if meta is not None else chunk_metadata(path))})
+
+
+def make_clip(path, width, height, seconds, fps=10):
+    """An H.264 clip of a red block moving over a gradient (PyAV)."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.options = {"preset": "ultrafast"}
+        yy, xx = np.mgrid[0:height, 0:width]
+        base = np.stack([xx * 255 // width, yy * 255 // height, np.full_like(xx, 128)], -1).astype(np.uint8)
+        for i in range(int(seconds * fps)):
+            img = base.copy()
+            x0 = (i * 37) % (width - width // 5)
+            img[height // 3: height // 3 + height // 5, x0: x0 + width // 5] = (255, 40, 40)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)

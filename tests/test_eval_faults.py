@@ -56,11 +56,7 @@ def test_a_second_run_into_the_same_folder_is_refused(tiny_model, tmp_path):
     qa, videos, out = annotations(tmp_path, questions()), videos_folder(tmp_path), tmp_path / "out"
     out.mkdir()
 
-    class Holder:  # what a first eval holds while it runs
-        pass
-
-    first = Holder()
-    lock_folder(first, out, "held")
+    first = lock_folder(out, "held")  # what a first eval holds while it runs
     with pytest.raises(UserError, match="another vococli eval is writing this run folder"):
         evaluate(tiny_model, qa, videos, out)
     assert not (out / "predictions.jsonl").exists()

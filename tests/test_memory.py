@@ -7,6 +7,8 @@ import sys
 import numpy as np
 import pytest
 
+from helpers import make_clip
+
 av = pytest.importorskip("av")
 pytestmark = pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs Linux /proc")
 
@@ -24,24 +26,6 @@ except SystemExit as e:
 peak = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0].split()[1]
 print("peak-rss-kib", peak)
 """
-
-
-def make_clip(path, width, height, seconds, fps=10):
-    """A moving red block on a gradient, H.264."""
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
-        s.options = {"preset": "ultrafast"}
-        yy, xx = np.mgrid[0:height, 0:width]
-        base = np.stack([xx * 255 // width, yy * 255 // height, np.full_like(xx, 128)], -1).astype(np.uint8)
-        for i in range(int(seconds * fps)):
-            img = base.copy()
-            x0 = (i * 37) % (width - width // 5)
-            img[height // 3: height // 3 + height // 5, x0: x0 + width // 5] = (255, 40, 40)
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
 
 
 def peak_mib(video, out, model, *flags) -> float:

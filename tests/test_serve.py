@@ -239,7 +239,7 @@ def test_a_server_killed_while_compressing_resumes_the_cache(tmp_path):
     chunks written before the kill are kept as they were (resumed, not redone) and it answers."""
     import os
 
-    from test_memory import make_clip
+    from helpers import make_clip
 
     media = tmp_path / "media"
     media.mkdir()

@@ -32,6 +32,14 @@ class FolderBusy(EnvironmentProblem):
     """Another process holds the folder's lock."""
 
 
+def write_failure(e: BaseException) -> str | None:
+    """Why writing a file failed (a full disk, permissions), when `e` is such a failure (an
+    OSError, or safetensors' own error for a failed write); else None."""
+    if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":
+        return getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
+    return None
+
+
 def check_output_folder(path, marker: str, what: str, own: tuple[str, ...] = ()) -> None:
     """Refuse to write into `path` unless it is new, empty, already `what` (holds `marker`), or
     holds nothing but `own` names (what an unfinished run of the same command leaves)."""

@@ -1,7 +1,7 @@
 """Exclusive folder locks (flock), so that two processes never write one cache or one run folder.
 
-A lock is held while its owner object lives (released at `release`, when the owner is collected,
-or when the process ends, also by kill -9). Platforms without flock get no lock.
+A lock is held until `release()`, until it is collected, or until the process ends (also by
+kill -9). Platforms without flock get a lock that holds nothing.
 """
 
 from __future__ import annotations
@@ -14,21 +14,32 @@ from pathlib import Path
 from vococli.errors import FolderBusy
 
 
-def lock_folder(owner, folder: Path, busy: str, wait_s: float = 0.0, on_wait=None) -> None:
-    """Take the exclusive lock of `folder` for `owner` (its `release()` or collection frees it).
-    If another process holds it, wait up to `wait_s` seconds (`on_wait()` is called once when
-    waiting starts), then raise FolderBusy("FOLDER: BUSY")."""
+class FolderLock:
+    """An exclusive lock on one folder (see `lock_folder`)."""
+
+    def __init__(self, fd: int | None = None):
+        self._close = weakref.finalize(self, os.close, fd) if fd is not None else None
+
+    def release(self) -> None:
+        """Let another process take the folder (runs once; later calls do nothing)."""
+        if self._close is not None:
+            self._close()
+
+
+def lock_folder(folder: Path, busy: str, wait_s: float = 0.0, on_wait=None) -> FolderLock:
+    """The exclusive lock of `folder`. If another process holds it, wait up to `wait_s` seconds
+    (`on_wait()` is called once when waiting starts), then raise FolderBusy("FOLDER: BUSY")."""
     try:
         import fcntl
     except ImportError:
-        return
+        return FolderLock()
     fd = os.open(folder, os.O_RDONLY)
     deadline = time.monotonic() + wait_s
     waited = False
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
+            return FolderLock(fd)
         except OSError:
             if time.monotonic() >= deadline:
                 os.close(fd)
@@ -37,5 +48,3 @@ def lock_folder(owner, folder: Path, busy: str, wait_s: float = 0.0, on_wait=Non
                 on_wait()
             waited = True
             time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-    finalizer = weakref.finalize(owner, os.close, fd)  # runs once: at release() or when owner is collected
-    owner.release = finalizer

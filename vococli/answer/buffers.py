@@ -60,8 +60,6 @@ def static_mask(used: int, new: int, width: int, dtype: torch.dtype, device) -> 
 class KVBuffer:
     """The common part of every buffer: the model, the video, and the tokens held after it."""
 
-    name = "buffer"
-
     def __init__(self, model: VocoModel, video: VideoCache):
         self.model, self.video = model, video
         self.used = 0  # tokens in the buffer after the video
@@ -86,9 +84,7 @@ class KVBuffer:
 class DynamicBuffer(KVBuffer):
     """transformers' DynamicCache holding the video; turns are appended to it."""
 
-    name = "dynamic"
-
-    def __init__(self, model: VocoModel, video: VideoCache, room: int = 0):
+    def __init__(self, model: VocoModel, video: VideoCache):
         super().__init__(model, video)
         self.cache = video.past_key_values(model)
 
@@ -108,8 +104,6 @@ class StaticBuffer(KVBuffer):
     and grows by doubling when a turn needs more. Its logits equal the dynamic path's within
     rounding (float32 to 1e-5; tests/test_fast_decode.py).
     """
-
-    name = "static"
 
     def __init__(self, model: VocoModel, video: VideoCache, room: int = MIN_ROOM, compile: bool = False):
         super().__init__(model, video)

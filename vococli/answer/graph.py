@@ -20,8 +20,6 @@ class GraphBuffer(StaticBuffer):
     """A StaticBuffer whose decode step is a CUDA graph (of the torch.compile'd step with
     `compile=True`). Logits equal the plain path's within rounding (tests/test_gpu.py)."""
 
-    name = "graph"
-
     def __init__(self, model: VocoModel, video: VideoCache, room: int = MIN_ROOM, compile: bool = False):
         if model.device.type != "cuda":
             raise UserError("graph decoding needs a CUDA device")

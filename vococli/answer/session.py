@@ -152,9 +152,18 @@ class Session:
         """Answer one question; `on_text` receives the answer text piece by piece as it is decoded."""
         if not isinstance(question, str):
             raise UserError(f"a question is text, got {type(question).__name__}")
-        tok = self.model.tokenizer
         t0 = time.perf_counter()
-        ids = self.prompt_ids(question)
+        ans = self.answer(self.prompt_ids(question), gen, on_text, question=question, t0=t0)
+        self.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": ans.text}]
+        return ans
+
+    def answer(self, ids: list[int], gen: GenerationConfig, on_text: Callable[[str], None] | None = None,
+               question: str = "", t0: float | None = None) -> Answer:
+        """The answer to prompt `ids` (the conversation's messages are left to the caller);
+        `on_text` receives the text piece by piece. An exception from `on_text` (Ctrl-C, a client
+        gone) stops the answer and takes the turn back at once."""
+        tok = self.model.tokenizer
+        t0 = time.perf_counter() if t0 is None else t0
         out: list[int] = []
         shown, ttft = "", None
         stream = self.generate(ids, gen)
@@ -168,11 +177,10 @@ class Session:
                         on_text(text[len(shown):])
                         shown = text
         finally:
-            stream.close()  # interrupted (Ctrl-C in on_text, say): the turn is taken back at once
+            stream.close()
         text = tok.decode(out, skip_special_tokens=True)
         if on_text is not None and len(text) > len(shown):
             on_text(text[len(shown):])
-        self.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": text.strip()}]
         return Answer(question=question, text=text.strip(), token_ids=out, prompt_tokens=len(ids),
                       time_to_first_token_s=ttft, total_s=time.perf_counter() - t0, finished=out[-1] == tok.eos_token_id)
 

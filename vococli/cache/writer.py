@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 from vococli.cache.chunks import chunk_path, crc32, list_chunks
 from vococli.cache.meta import CacheMeta, ChunkMeta
-from vococli.errors import EnvironmentProblem, UserError
-from vococli.locks import lock_folder
+from vococli.errors import EnvironmentProblem, UserError, write_failure
+from vococli.locks import FolderLock, lock_folder
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +38,7 @@ class CacheWriter:
     def __init__(self, root: Path, meta: CacheMeta, overwrite: bool = False, wait_s: float = 0.0,
                  on_wait=None):
         self.root = Path(root)
-        self._lock_owner = _LockOwner()
+        self._held = FolderLock()  # nothing held yet
         self.meta = meta if meta.cache_id else replace(meta, cache_id=uuid.uuid4().hex)
         self.next_chunk, self.targets_done, self.frames_done, self.lost = 0, 0, 0, 0
         self.finished = False
@@ -55,12 +55,12 @@ class CacheWriter:
             self._lock()
 
     def _lock(self) -> None:
-        lock_folder(self._lock_owner, self.root, "another vococli process is writing this cache; wait for it to "
-                    "finish or choose another -o", wait_s=self.wait_s, on_wait=self.on_wait)
+        self._held = lock_folder(self.root, "another vococli process is writing this cache; wait for it to "
+                                 "finish or choose another -o", wait_s=self.wait_s, on_wait=self.on_wait)
 
     def release(self) -> None:
         """Let another process write this cache (a writer is released when collected, too)."""
-        self._lock_owner.release()
+        self._held.release()
 
     def __enter__(self) -> CacheWriter:
         return self
@@ -122,9 +122,9 @@ class CacheWriter:
         try:
             try:
                 save_file(tensors, str(tmp), metadata={"vococli": json.dumps(meta.to_dict())})
-            except Exception as e:  # safetensors reports a failed write (a full disk) as its own error
-                if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":
-                    reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
+            except Exception as e:
+                reason = write_failure(e)
+                if reason is not None:
                     raise EnvironmentProblem(f"{path}: cannot be written ({reason}); the chunks before it are kept: "
                                     "make room and run the same command to resume") from None
                 raise
@@ -218,9 +218,3 @@ def _to_pinned(t: torch.Tensor) -> torch.Tensor:
     host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
     return host.copy_(t, non_blocking=True)
 
-
-class _LockOwner:
-    """Holds a writer's folder lock (lock_folder sets `release`)."""
-
-    def release(self) -> None:  # replaced by the lock's finalizer once the lock is taken
-        pass

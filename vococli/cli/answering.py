@@ -9,9 +9,9 @@ from typing import Optional
 
 import typer
 
-from vococli.cli.common import (CacheArg, DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, Rate, SeedOpt,
+from vococli.cli.common import (CacheArg, DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, SeedOpt,
                                 SubsampleOpt, TemperatureOpt, ThreadsOpt, TopPOpt, WeightsOpt, answer_weights,
-                                check_decode_device, err, model_path, out, progress_bar, quiet_transformers,
+                                check_decode_device, compress_progress, err, model_path, out, quiet_transformers,
                                 threads_for)
 from vococli.errors import UserError
 
@@ -124,12 +124,8 @@ def _cache_of_video(video: Path, model: str, device: str, dtype: str, weights: s
     from vococli.compress.oneshot import cache_for_video
     from vococli.families.loading import answering_model
 
-    with progress_bar("compress") as bar:
-        task = bar.add_task("frames", total=None, rate="")
-        rate = Rate(" frames/s", digits=1)
-        cache, full = cache_for_video(video, model, device=device, dtype=dtype, notice=err.print,
-                                      progress=lambda done, total: bar.update(task, total=total, completed=done,
-                                                                              rate=rate(done)))
+    with compress_progress() as progress:
+        cache, full = cache_for_video(video, model, device=device, dtype=dtype, notice=err.print, progress=progress)
     return cache, (model if full is None else answering_model(full, weights))
 
 

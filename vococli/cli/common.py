@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -91,6 +93,15 @@ class Rate:
             self.start = (now, done)
         t0, d0 = self.start
         return f"{(done - d0) / (now - t0):.{self.digits}f}{self.unit}" if now > t0 and done > d0 else ""
+
+
+@contextmanager
+def compress_progress():
+    """A bar of planned frames compressed, with their rate; yields compress's `progress(done, total)`."""
+    with progress_bar("compress") as bar:
+        task = bar.add_task("frames", total=None, rate="")
+        rate = Rate(" frames/s", digits=1)
+        yield lambda done, total: bar.update(task, total=total, completed=done, rate=rate(done))
 
 
 def progress_bar(label: str) -> Progress:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from vococli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, Rate, ThreadsOpt, err, model_path, out, progress_bar,
+from vococli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, compress_progress, err, model_path, out,
                                 quiet_transformers, threads_for)
 from vococli.errors import UserError
 
@@ -58,14 +58,10 @@ def compress(
     n_threads = threads_for(threads)
     quiet_transformers()
     m = load_model(path, device=device, dtype=dtype, voco_tokens=voco_tokens)
-    with progress_bar("compress") as bar:
-        task = bar.add_task("frames", total=None, rate="")
-        rate = Rate(" frames/s", digits=1)
+    with compress_progress() as progress:
         res = compress_video(m, video, output, sampling, batch_size=batch_size, chunk_frames=chunk_frames,
                              overwrite=overwrite, cache_dtype=cache_dtype, compile=compile, video_backend=video_backend,
-                             notice=lambda s: err.print(s),
-                             progress=lambda done, total: bar.update(task, total=total, completed=done,
-                                                                     rate=rate(done)))
+                             notice=lambda s: err.print(s), progress=progress)
     if as_json:
         out.print_json(json.dumps({**res.to_dict(), "threads": n_threads}))
     elif res.computed:

@@ -61,7 +61,7 @@ def eval_command(
     Rerunning the same command skips the questions already answered.
     """
     from vococli.choices import Storage, check
-    from vococli.errors import check_output_folder
+    from vococli.eval.predictions import check_run_folder
     from vococli.eval.formats import SHORT_ANSWER_SUFFIX, read_questions
     from vococli.threads import check_threads
     from vococli.video.sampling import Sampling
@@ -80,8 +80,7 @@ def eval_command(
         raise UserError(f"{videos}: not a folder; --videos takes the folder that holds the videos")
     if not videos.is_dir():
         raise UserError(f"{videos}: videos folder not found")
-    caches_name = (cache_dir or out_dir / "caches").name
-    check_output_folder(out_dir, "run.json", "an eval run folder", own=(caches_name,))
+    check_run_folder(out_dir, cache_dir or out_dir / "caches")
     items, detected = read_questions(dataset, qa=qa, questions=questions, answers=answers, fmt=fmt,
                                      mapping=mapping)
     items = items[:limit] if limit else items

@@ -3,7 +3,7 @@
 Pad each frame to a square with the mean colour (centred), resize to the vision tower's input
 size (bicubic, antialiased), rescale to [0, 1] and normalise. Runs on the model's device.
 
-Frames much larger than the model's input (1080p, 4K: longer side over LARGE x the input size)
+Frames much larger than the model's input (1080p, 4K: longer side over LARGE x the input size, video/backends/base.py)
 are decoded at LARGE x the input size where the decoder can scale (video/backends), else brought
 to the input size as soon as they are decoded (`shrink_large_frames`, one frame at a time, in 8
 bits), so that memory does not grow with the video's resolution. Their pixel values then differ
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vococli.families.base import ImageSpec
-from vococli.video.backends.base import LARGE
+from vococli.video.backends.base import decode_size
 
 
 def pad_to_square(x: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
@@ -56,16 +56,12 @@ def to_pixels(frames: np.ndarray | torch.Tensor, spec: ImageSpec, device: torch.
     return ((x / 255.0 - mean) / std).to(dtype)
 
 
-def is_large(height: int, width: int, spec: ImageSpec) -> bool:
-    return max(height, width) > LARGE * spec.size
-
-
 def shrink_large_frames(frames: np.ndarray, spec: ImageSpec) -> np.ndarray:
     """(B, H, W, 3) uint8 frames -> (B, S, S, 3) uint8, padded to a square and resized one frame
     at a time (an 8-bit padded 4K frame is 44 MB; in float it would be 177 MB). Frames that are
     not large are returned as they are (to_pixels resizes them in float, as before)."""
     b, h, w, _ = frames.shape
-    if not is_large(h, w, spec):
+    if decode_size(w, h, spec.size) is None:  # not large
         return frames
     fill = torch.tensor([int(m * 255) for m in spec.mean], dtype=torch.uint8)
     out = np.empty((b, spec.size, spec.size, 3), dtype=np.uint8)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 
@@ -21,9 +21,6 @@ from vococli.errors import UserError
 from vococli.families.base import VocoModel
 from vococli.families.loading import DTYPE_NAMES
 from vococli.video.sampling import Sampling
-
-if TYPE_CHECKING:
-    from vococli.eval.run import EvalConfig
 
 WAIT_FOR_OTHER_S = 3600.0  # longest wait for another process compressing the same video
 
@@ -40,18 +37,35 @@ def cache_key(video: Path, model: VocoModel, sampling: Sampling, cache_dtype: st
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def compressed_cache(model: VocoModel, path: Path, cfg: EvalConfig,
+def cache_path(model: VocoModel, video: Path, caches: Path, sampling: Sampling, cache_dtype: str = "auto",
+               fingerprint: str | None = None) -> Path:
+    """Where the cache of `video` with these settings lives in the folder `caches`."""
+    return caches / f"{video.stem}-{cache_key(video, model, sampling, cache_dtype, fingerprint)}.voco"
+
+
+def finished_cache(model: VocoModel, video: Path, caches: Path, sampling: Sampling,
+                   cache_dtype: str = "auto") -> Path | None:
+    """The finished cache of `video` in `caches` (also one named under the model's earlier
+    fingerprint), or None; read from the headers alone."""
+    for fingerprint in model.fingerprints:
+        cache = cache_path(model, video, caches, sampling, cache_dtype, fingerprint)
+        if cache.is_dir() and _finished(cache):
+            return cache
+    return None
+
+
+def compressed_cache(model: VocoModel, video: Path, caches: Path, sampling: Sampling, cache_dtype: str = "auto",
+                     batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
                      notice: Callable[[str], None] = print) -> tuple[Path, int]:
-    """The video's cache folder, compressed (or finished) first when needed; also the number of
-    frames compressed now."""
-    cfg.caches.mkdir(parents=True, exist_ok=True)
-    for earlier in model.earlier_fingerprints:  # a finished cache made before the fingerprint changed
-        old = cfg.caches / f"{path.stem}-{cache_key(path, model, cfg.sampling, cfg.cache_dtype, earlier)}.voco"
-        if old.is_dir() and _finished(old):
-            return old, 0
-    cache = cfg.caches / f"{path.stem}-{cache_key(path, model, cfg.sampling, cfg.cache_dtype)}.voco"
-    res = compress_video(model, path, cache, cfg.sampling, batch_size=cfg.batch_size, cache_dtype=cfg.cache_dtype,
-                         notice=lambda s: None, wait_s=WAIT_FOR_OTHER_S,
+    """The video's cache folder in `caches`, compressed (or finished) first when needed; also the
+    number of frames compressed now."""
+    caches.mkdir(parents=True, exist_ok=True)
+    done = finished_cache(model, video, caches, sampling, cache_dtype)
+    if done is not None:
+        return done, 0
+    cache = cache_path(model, video, caches, sampling, cache_dtype)
+    res = compress_video(model, video, cache, sampling, batch_size=batch_size, cache_dtype=cache_dtype,
+                         progress=progress, notice=lambda s: None, wait_s=WAIT_FOR_OTHER_S,
                          on_wait=lambda: notice(f"{cache.name}: another process is compressing this video; waiting"))
     return cache, res.computed
 

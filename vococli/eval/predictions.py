@@ -1,4 +1,6 @@
-"""predictions.jsonl: one JSON line per question, appended and flushed to disk as it is made.
+"""predictions.jsonl: one JSON line per question, appended and flushed to disk as it is made;
+and the run folder that holds it beside run.json (no torch needed: the command line checks the
+folder before anything heavy is imported).
 
 A line holds the answer (`pred`) or the question's own error (`error`, with `error_kind`):
 - `question`: the annotation entry cannot be asked (null, an object, a lone surrogate ...);
@@ -16,11 +18,17 @@ import json
 import os
 from pathlib import Path
 
-from vococli.errors import EnvironmentProblem, UserError
+from vococli.errors import EnvironmentProblem, UserError, check_output_folder
 from vococli.eval.formats import find_video
 
 PREDICTIONS = "predictions.jsonl"
+RUN_FILE = "run.json"  # what reproduces the run (eval/record.py)
 NO_ROOM = {errno.ENOSPC, errno.EDQUOT}
+
+
+def check_run_folder(out: Path, caches: Path) -> None:
+    """`out` is new, empty (but for its cache folder `caches`), or a run folder of its own."""
+    check_output_folder(out, RUN_FILE, "an eval run folder", own=(caches.name,))
 
 
 def read_predictions(path: Path, repair: bool = False, raw: bytes | None = None) -> list[dict]:

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
 RUN_FORMAT = "vococli-eval-run"
 RUN_VERSION = 1
-RUN_FILE = "run.json"
 # run.json fields that must match for a rerun to continue the same predictions file
 SAME_RUN_KEYS = ("dataset", "annotations", "model_fingerprint", "k", "dtype", "sampling", "cache_dtype",
                  "answer_weights", "prompt", "generation")

@@ -26,13 +26,13 @@ import torch
 from vococli.answer.opening import open_for_answering
 from vococli.answer.prompts import prompt_length
 from vococli.answer.session import GenerationConfig
-from vococli.errors import EnvironmentProblem, UserError, check_output_folder
+from vococli.errors import EnvironmentProblem, UserError
 from vococli.eval.caches import compressed_cache
 from vococli.eval.formats import SHORT_ANSWER_SUFFIX, find_video
 from vococli.eval.items import QAItem, printable
-from vococli.eval.predictions import (NO_ROOM, PREDICTIONS, PredictionLog, may_have_gone_away, read_predictions,
-                                      rewrite_predictions, video_state)
-from vococli.eval.record import RUN_FILE, check_same_run, run_record
+from vococli.eval.predictions import (NO_ROOM, PREDICTIONS, RUN_FILE, PredictionLog, check_run_folder,
+                                      may_have_gone_away, read_predictions, rewrite_predictions, video_state)
+from vococli.eval.record import check_same_run, run_record
 from vococli.families.base import VocoModel
 from vococli.locks import lock_folder
 from vococli.video.sampling import Sampling
@@ -84,11 +84,6 @@ def group_by_video(items: list[QAItem]) -> list[tuple[str, list[QAItem]]]:
     return list(groups.items())
 
 
-def check_run_folder(cfg: EvalConfig) -> None:
-    """`cfg.out` is new, empty (but for its cache folder), or a run folder of its own."""
-    check_output_folder(cfg.out, RUN_FILE, "an eval run folder", own=(cfg.caches.name,))
-
-
 def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations: list[Path], fmt: str,
              on_video: Callable[[int, int], None] | None = None,
              on_item: Callable[[int, int], None] | None = None,
@@ -101,11 +96,10 @@ def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations
     answerer = answerer or model
     if answerer.fingerprint != model.fingerprint:
         raise UserError("the answering model must be the compressing model's checkpoint")
-    check_run_folder(cfg)
+    check_run_folder(cfg.out, cfg.caches)
     cfg.out.mkdir(parents=True, exist_ok=True)
-    lock = _RunLock()
-    lock_folder(lock, cfg.out, "another vococli eval is writing this run folder; wait for it to finish or "
-                "choose another --out")
+    lock = lock_folder(cfg.out, "another vococli eval is writing this run folder; wait for it to finish or "
+                       "choose another --out")
     try:
         return _run_locked(model, answerer, items, cfg, annotations, fmt, on_video, on_item, notice, t0)
     finally:
@@ -120,9 +114,12 @@ def _run_locked(model, answerer, items, cfg, annotations, fmt, on_video, on_item
     elif pred_file.exists():
         raise UserError(f"{pred_file}: predictions without a {RUN_FILE}; choose a new --out")
     rows = read_predictions(pred_file, repair=True)
-    again = [r for r in rows if "error" in r and (cfg.retry_errors or may_have_gone_away(r, cfg.videos, cfg.dataset))]
+    kept, again = [], []
+    for r in rows:
+        retry = "error" in r and (cfg.retry_errors or may_have_gone_away(r, cfg.videos, cfg.dataset))
+        (again if retry else kept).append(r)
     if again:
-        rows = [r for r in rows if not any(r is a for a in again)]
+        rows = kept
         _machine_problems(lambda: rewrite_predictions(pred_file, rows), f"writing {pred_file}")
     _machine_problems(lambda: _write_record(run_file, record), f"writing {run_file}")
     done = {str(r.get("id")) for r in rows}
@@ -183,7 +180,9 @@ def _open_video(model, answerer, name: str, questions: list[QAItem], cfg: EvalCo
     try:
         path = find_video(cfg.videos, name, cfg.dataset)
         tc = time.perf_counter()
-        cache, computed = _machine_problems(lambda: compressed_cache(model, path, cfg, notice), f"compressing {name}")
+        cache, computed = _machine_problems(lambda: compressed_cache(model, path, cfg.caches, cfg.sampling,
+                                                                     cfg.cache_dtype, cfg.batch_size, notice=notice),
+                                            f"compressing {name}")
         summary.frames_compressed += computed
         base["compress_s"] = round(time.perf_counter() - tc, 3)
         reserve = max(prompt_length(model, q.question + cfg.suffix) for q in questions) + cfg.max_new_tokens
@@ -224,9 +223,3 @@ def _write_record(run_file: Path, record: dict) -> None:
     finally:
         tmp.unlink(missing_ok=True)
 
-
-class _RunLock:
-    """Holds the run folder's lock (lock_folder sets `release`)."""
-
-    def release(self) -> None:
-        pass

@@ -20,8 +20,7 @@ from typing import Callable
 
 from vococli.choices import JudgeName, check
 from vococli.errors import UserError
-from vococli.eval.record import RUN_FILE
-from vococli.eval.predictions import PREDICTIONS, read_predictions
+from vococli.eval.predictions import PREDICTIONS, RUN_FILE, read_predictions
 from vococli.eval.judge import JudgeConfig, JudgementCache, LLMJudge, contains_match, exact_match
 
 SCORES_FILE = "scores.json"

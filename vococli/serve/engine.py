@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from vococli.errors import EnvironmentProblem, UserError
+from vococli.errors import EnvironmentProblem
 from vococli.serve.protocol import ChatRequest
 
 LOADED = 2  # caches kept in memory between requests
@@ -95,26 +95,20 @@ class Engine:
 
     def cache_for(self, video: Path, req: ChatRequest) -> Path:
         """The video's cache folder, compressed first when it is missing or unfinished."""
-        from vococli.cache.chunks import read_info
-        from vococli.compress.pipeline import compress_video
-        from vococli.eval.caches import cache_key
+        from vococli.eval.caches import cache_path, compressed_cache, finished_cache
         from vococli.video.sampling import Sampling
 
         sampling = Sampling(fps=req.fps, max_frames=req.max_frames)
-        cache = self.cache_dir / f"{video.stem}-{cache_key(video, self.model, sampling)}.voco"
-        try:
-            if cache.is_dir() and read_info(cache).last.final:
-                return cache
-        except UserError:
-            pass  # unfinished or damaged: compress resumes it or says what is wrong
-        status = self.status[cache.name] = CacheStatus("compressing")
+        done = finished_cache(self.model, video, self.cache_dir, sampling)
+        if done is not None:
+            return done
+        status = self.status[cache_path(self.model, video, self.cache_dir, sampling).name] = CacheStatus("compressing")
 
         def progress(done: int, total: int) -> None:
             status.done, status.total = done, total
 
         try:
-            compress_video(self.model, video, cache, sampling, progress=progress, notice=lambda s: None,
-                           wait_s=3600.0)
+            cache, _ = compressed_cache(self.model, video, self.cache_dir, sampling, progress=progress)
         except BaseException as e:
             status.state, status.error = "failed", str(e).splitlines()[0][:300] if str(e) else type(e).__name__
             raise
@@ -131,38 +125,27 @@ class Engine:
         from vococli.answer.settings import GenerationConfig
 
         cache = self.cache_for(video, req)
-        tok = self.answerer.tokenizer
         session = self._conversation(cache, req.messages[:-1])
         if session is not None:
             ids = session.prompt_ids(req.messages[-1]["content"])
         else:
+            tok = self.answerer.tokenizer
             ids = tok(render_prompt(self.answerer, req.messages), add_special_tokens=False)["input_ids"]
             session = open_for_answering(self._cache(cache), self.answerer, reserve=len(ids) + req.max_tokens,
                                          subsample=True, notice=lambda s: None)
         gen = GenerationConfig(max_new_tokens=req.max_tokens, temperature=req.temperature, top_p=req.top_p,
                                seed=req.seed)
-        out: list[int] = []
-        shown = ""
-        stream = session.generate(ids, gen)
-        try:
-            for got in stream:
-                if cancelled is not None and cancelled.is_set():
-                    raise Cancelled()
-                out += got
-                if on_text is not None:
-                    text = tok.decode(out, skip_special_tokens=True)
-                    if not text.endswith("\ufffd"):
-                        piece, shown = text[len(shown):], text
-                        if piece:
-                            on_text(piece)
-        finally:
-            stream.close()
-        text = tok.decode(out, skip_special_tokens=True)
-        if on_text is not None and len(text) > len(shown):
-            on_text(text[len(shown):])
-        session.messages = [*req.messages, {"role": "assistant", "content": text.strip()}]
+
+        def piece(text: str) -> None:
+            if cancelled is not None and cancelled.is_set():
+                raise Cancelled()
+            if text and on_text is not None:
+                on_text(text)
+
+        ans = session.answer(ids, gen, piece)
+        session.messages = [*req.messages, {"role": "assistant", "content": ans.text}]
         self._keep(cache, session)
-        return Reply(text.strip(), out[-1] == tok.eos_token_id, len(ids), len(out))
+        return Reply(ans.text, ans.finished, ans.prompt_tokens, len(ans.token_ids))
 
     def _conversation(self, cache: Path, history: list[dict]):
         """A kept session over `cache` whose conversation is exactly `history` (taken out: a

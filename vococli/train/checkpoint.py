@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vococli.compressors import get_compressor
-from vococli.errors import EnvironmentProblem, UserError
+from vococli.errors import EnvironmentProblem, UserError, write_failure
 from vococli.families.base import ImageSpec, VocoModel, read_layout
 from vococli.families.loading import LATEST, checkpoint_folder
 from vococli.quiet import no_progress_bars
@@ -202,10 +202,10 @@ def save_all(cfg: TrainConfig, model, module, proc, opt, st: TrainState, out: Pa
         save_optimizer(opt, tmp / TRAINER_DIR / "optimizer.safetensors")
         record = {"config": asdict(cfg), "state": asdict(st)}
         (tmp / TRAINER_DIR / "state.json").write_text(json.dumps(record) + "\n")
-    except Exception as e:  # safetensors reports a failed write (a full disk) as its own error
+    except Exception as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":
-            reason = getattr(e, "strerror", None) or str(e).strip().splitlines()[0]
+        reason = write_failure(e)
+        if reason is not None:
             kept = f"the save of step {_saved_step(out)} is kept" if (out / LATEST).exists() else "nothing was saved"
             raise EnvironmentProblem(f"{out}: the checkpoint of step {st.step} cannot be written ({reason}); {kept}: "
                             "make room and run the same command with --resume") from None
