@@ -57,3 +57,13 @@ def cache(tiny_model, tmp_path):
 
     return compress_video(tiny_model, CLIP, tmp_path / "e.voco", SAMPLING, chunk_frames=8,
                           notice=lambda s: None).path
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory):
+    """A small synthetic training set (12 single-frame clips of 64 px)."""
+    from vococli.synth.clips import SynthConfig, synthesize
+
+    out = tmp_path_factory.mktemp("synth")
+    synthesize(SynthConfig(seed=11, count=12, kind="frame", size=64), out)
+    return out

@@ -94,7 +94,7 @@ def test_written_clip_shows_the_scene(tmp_path):
 def test_bad_options():
     with pytest.raises(UserError, match="--count must be at least 1"):
         synthesize(SynthConfig(count=0), "/tmp/never")
-    with pytest.raises(UserError, match="--kind 'nope': choose one of frame, temporal, needle, mix"):
+    with pytest.raises(UserError, match="--kind 'nope': choose one of frame, temporal, needle, long, mix"):
         make_scene(SynthConfig(kind="nope"), 0)
 
 
@@ -137,3 +137,48 @@ def test_an_interrupted_clip_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(synth, "draw", real)
     synthesize(SynthConfig(seed=8, count=1, kind="temporal"), tmp_path)
     assert [p.suffix for p in (tmp_path / "videos").iterdir()] == [".mp4"]
+
+
+def _showings(scene):
+    """(start frame, object) of each run of frames showing a coloured object, read from the frames."""
+    runs, prev = [], None
+    for k, f in enumerate(scene.frames):
+        cur = next((o for o in f if o.color in COLORS), None)
+        if cur is not None and cur != prev:
+            runs.append((k, cur))
+        prev = cur
+    return runs
+
+
+def test_long_answers_match_the_frames():
+    cfg = SynthConfig(seed=8, count=30, kind="long", needle_seconds=(40, 300))
+    seen = set()
+    for i in range(cfg.count):
+        scene = make_scene(cfg, i)
+        runs = _showings(scene)
+        assert [a for a, _ in runs] == [a for a, _ in scene.facts["events"]]
+        assert all(b - a == 3 for a, b in scene.facts["events"])
+        gaps = [b[0] - a[0] for a, b in zip(runs, runs[1:])]
+        assert all(g >= 6 for g in gaps)  # separate showings, never one long one
+        for qtype, q, a in scene.qa:
+            seen.add(qtype)
+            if qtype == "long_order":
+                assert a == (runs[0][1].shape if "first" in q else runs[-1][1].shape)
+            elif qtype == "long_repeat":
+                assert a == NUMBERS[len(runs)] and f"{runs[0][1].color} {runs[0][1].shape}" in q
+            elif qtype == "long_final_color":
+                assert a == runs[-1][1].color and runs[-1][1].shape in q
+            else:
+                assert qtype == "long_start_color" and a == runs[0][1].color
+    assert seen == {"long_order", "long_repeat", "long_final_color", "long_start_color"}
+
+
+def test_needle_depths_place_the_needle():
+    cfg = SynthConfig(seed=3, count=3, kind="needle", needle_seconds=(100,), needle_depths=(0.0, 0.5, 1.0))
+    starts = [make_scene(cfg, i).facts["needle_frame"] for i in range(3)]
+    assert starts == [0, 48, 97]
+    assert [_showings(make_scene(cfg, i))[0][0] for i in range(3)] == starts
+    # a depth moves the needle and nothing else
+    free = make_scene(SynthConfig(seed=3, count=3, kind="needle", needle_seconds=(100,)), 1)
+    placed = make_scene(cfg, 1)
+    assert free.qa == placed.qa and free.background == placed.background

@@ -93,15 +93,6 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
         torch.testing.assert_close(a["state"][0][k], b["state"][0][k])
 
 
-@pytest.fixture(scope="module")
-def synth_data(tmp_path_factory):
-    from vococli.synth.clips import SynthConfig, synthesize
-
-    out = tmp_path_factory.mktemp("synth")
-    synthesize(SynthConfig(seed=11, count=12, kind="frame", size=64), out)
-    return out
-
-
 def test_training_reduces_loss_and_writes_a_loadable_checkpoint(synth_data, tmp_path):
     cfg = TrainConfig(data=(str(synth_data),), out=str(tmp_path / "run"), init="tiny", steps=30,
                       batch_size=16, lr=3e-3, warmup_steps=5, save_every=100, threads=1)

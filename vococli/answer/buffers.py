@@ -60,6 +60,8 @@ def static_mask(used: int, new: int, width: int, dtype: torch.dtype, device) -> 
 class KVBuffer:
     """The common part of every buffer: the model, the video, and the tokens held after it."""
 
+    records_evidence = True  # attention runs in Python on every step (answer/evidence.py can record it)
+
     def __init__(self, model: VocoModel, video: VideoCache):
         self.model, self.video = model, video
         self.used = 0  # tokens in the buffer after the video
@@ -108,6 +110,7 @@ class StaticBuffer(KVBuffer):
     def __init__(self, model: VocoModel, video: VideoCache, room: int = MIN_ROOM, compile: bool = False):
         super().__init__(model, video)
         self.compile, self.min_room = compile, room
+        self.records_evidence = not compile
         self.step_forward = model.lm
         if compile:
             allow_recompiles(COMPILED_WIDTHS)

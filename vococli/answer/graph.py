@@ -25,6 +25,7 @@ class GraphBuffer(StaticBuffer):
             raise UserError("graph decoding needs a CUDA device")
         self.decoder: GraphDecoder | None = None
         super().__init__(model, video, room, compile)
+        self.records_evidence = False  # the decode step replays a captured graph
 
     def allocated(self) -> None:
         self.decoder = GraphDecoder(self.model, self.cache, self.width, self.step_forward)

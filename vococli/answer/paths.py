@@ -59,6 +59,20 @@ DECODE_PATHS: dict[str, DecodePath] = {p.name: p for p in (
     DecodePath("graph", _graph, needs_cuda=True), DecodePath("compiled", _compiled))}
 
 
+EVIDENCE_PATHS = ("dynamic", "static")  # run attention in Python each step: answer/evidence.py can record it
+
+
+def evidence_decode(decode: str) -> str:
+    """The decode path to record evidence on: `auto` becomes dynamic; graph and compiled are refused."""
+    if decode == AUTO:
+        return "dynamic"
+    check_decode(decode)
+    if decode not in EVIDENCE_PATHS:
+        raise UserError(f"--evidence needs --decode {' or '.join(EVIDENCE_PATHS)}: the {decode} path replays a "
+                        "captured or compiled step, whose attention cannot be recorded", option="decode")
+    return decode
+
+
 def decode_names() -> list[str]:
     """What `--decode` accepts: auto, then the registered paths."""
     return [AUTO, *DECODE_PATHS]

@@ -11,12 +11,15 @@ end-of-sequence token.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 
 from vococli.answer.buffers import DynamicBuffer, KVBuffer
+from vococli.answer.evidence import Evidence, recording
+from vococli.answer.paths import EVIDENCE_PATHS
 from vococli.answer.prompts import render_prompt
 from vococli.answer.sampling import Sampler
 from vococli.answer.settings import GenerationConfig
@@ -35,6 +38,7 @@ class Answer:
     time_to_first_token_s: float
     total_s: float
     finished: bool  # ended on the end-of-sequence token rather than the token limit
+    evidence: Evidence | None = None  # the frames it drew on (answer/evidence.py), when asked for
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -45,7 +49,9 @@ class Answer:
         return {"question": self.question, "answer": self.text, "tokens": len(self.token_ids),
                 "prompt_tokens": self.prompt_tokens, "finished": self.finished,
                 "time_to_first_token_s": round(self.time_to_first_token_s, 4),
-                "decode_tokens_per_s": round(self.decode_tokens_per_s, 2) if len(self.token_ids) > 1 else None, "total_s": round(self.total_s, 4)}
+                "decode_tokens_per_s": round(self.decode_tokens_per_s, 2) if len(self.token_ids) > 1 else None,
+                "total_s": round(self.total_s, 4),
+                **({"evidence": self.evidence.to_dict()} if self.evidence is not None else {})}
 
 
 class Session:
@@ -148,41 +154,51 @@ class Session:
                 self.pending = pending
 
     def ask(self, question: str, gen: GenerationConfig = GenerationConfig(),
-            on_text: Callable[[str], None] | None = None) -> Answer:
-        """Answer one question; `on_text` receives the answer text piece by piece as it is decoded."""
+            on_text: Callable[[str], None] | None = None, evidence: bool = False) -> Answer:
+        """Answer one question; `on_text` receives the answer text piece by piece as it is decoded;
+        `evidence`: also say which frames the answer drew on (Answer.evidence)."""
         if not isinstance(question, str):
             raise UserError(f"a question is text, got {type(question).__name__}")
         t0 = time.perf_counter()
-        ans = self.answer(self.prompt_ids(question), gen, on_text, question=question, t0=t0)
+        ans = self.answer(self.prompt_ids(question), gen, on_text, question=question, t0=t0, evidence=evidence)
         self.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": ans.text}]
         return ans
 
     def answer(self, ids: list[int], gen: GenerationConfig, on_text: Callable[[str], None] | None = None,
-               question: str = "", t0: float | None = None) -> Answer:
+               question: str = "", t0: float | None = None, evidence: bool = False) -> Answer:
         """The answer to prompt `ids` (the conversation's messages are left to the caller);
         `on_text` receives the text piece by piece. An exception from `on_text` (Ctrl-C, a client
-        gone) stops the answer and takes the turn back at once."""
+        gone) stops the answer and takes the turn back at once. `evidence` records the frames it
+        drew on (on the decode paths of answer.paths.EVIDENCE_PATHS)."""
         tok = self.model.tokenizer
         t0 = time.perf_counter() if t0 is None else t0
+        if evidence and not self.buffer.records_evidence:
+            raise UserError(f"evidence needs a decode path that runs attention step by step "
+                            f"({', '.join(EVIDENCE_PATHS)}); this session decodes with a captured or compiled step",
+                            option="decode")
+        per_frame = int(self.video.keys.shape[3])
         out: list[int] = []
         shown, ttft = "", None
-        stream = self.generate(ids, gen)
-        try:
-            for got in stream:
-                ttft = ttft if ttft is not None else time.perf_counter() - t0
-                out += got
-                if on_text is not None:
-                    text = tok.decode(out, skip_special_tokens=True)
-                    if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                        on_text(text[len(shown):])
-                        shown = text
-        finally:
-            stream.close()
+        with (recording(self.model.lm, self.video.n_frames * per_frame) if evidence else nullcontext()) as rec:
+            stream = self.generate(ids, gen)
+            try:
+                for got in stream:
+                    ttft = ttft if ttft is not None else time.perf_counter() - t0
+                    out += got
+                    if on_text is not None:
+                        text = tok.decode(out, skip_special_tokens=True)
+                        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                            on_text(text[len(shown):])
+                            shown = text
+            finally:
+                stream.close()
         text = tok.decode(out, skip_special_tokens=True)
         if on_text is not None and len(text) > len(shown):
             on_text(text[len(shown):])
+        found = rec.evidence(len(out), per_frame, self.video.timestamps) if evidence else None
         return Answer(question=question, text=text.strip(), token_ids=out, prompt_tokens=len(ids),
-                      time_to_first_token_s=ttft, total_s=time.perf_counter() - t0, finished=out[-1] == tok.eos_token_id)
+                      time_to_first_token_s=ttft, total_s=time.perf_counter() - t0, finished=out[-1] == tok.eos_token_id,
+                      evidence=found)
 
 
 def ask_questions(model: VocoModel, video: VideoCache, questions: list[str],

@@ -241,7 +241,11 @@ def run_bench(cfg: BenchConfig, report: Callable[[str, object], None] = lambda k
         from vococli.bench.serving import serve_load
 
         section("serve", lambda: serve_load())
-    if not set(cfg.sections) - {"ceilings", "startup", "serve"}:  # no section that needs a model
+    if "evidence" in cfg.sections:
+        from vococli.bench.evidence import evidence_overhead
+
+        section("evidence", lambda: evidence_overhead(cfg))
+    if not set(cfg.sections) - {"ceilings", "startup", "serve", "evidence"}:  # no section that needs a preset model
         return result
     t0 = time.perf_counter()
     model = random_model(cfg.preset, cfg.device, cfg.dtype, cfg.voco_tokens)

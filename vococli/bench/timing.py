@@ -10,8 +10,9 @@ from typing import Callable
 
 import torch
 
-SECTIONS = ("ceilings", "vision", "stage1", "compress", "table7", "long", "startup", "serve")
-# startup and serve time the commands and the server with the default model, not the preset: asked for by name
+SECTIONS = ("ceilings", "vision", "stage1", "compress", "table7", "long", "evidence", "startup", "serve")
+# startup, serve and evidence time the commands, the server and --evidence with the default model, not the
+# preset: asked for by name
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from vococli.cli.common import (CacheArg, DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, SeedOpt,
-                                SubsampleOpt, TemperatureOpt, ThreadsOpt, TopPOpt, WeightsOpt, answer_weights,
+                                EvidenceOpt, SubsampleOpt, TemperatureOpt, ThreadsOpt, TopPOpt, WeightsOpt, answer_weights,
                                 check_decode_device, compress_progress, err, model_path, out, quiet_transformers,
                                 threads_for)
 from vococli.errors import UserError
@@ -56,12 +56,21 @@ def ask(
     threads: Optional[int] = ThreadsOpt,
     as_json: bool = typer.Option(False, "--json", help="Print answers and timings as JSON."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print time to first token and tokens/s."),
+    evidence: bool = EvidenceOpt,
+    evidence_plot: Optional[Path] = typer.Option(None, metavar="FILE.png", help="Draw each answer's evidence over "
+                                                 "the time line, with the top frames when the video is still on "
+                                                 "disk (implies --evidence; several questions: FILE-1.png, ...)."),
 ):
     """Answer questions about a compressed video (or a video file: its cache VIDEO.voco is made
     first when there is none, and reused by the next question)."""
     from vococli.answer.opening import open_for_answering
     from vococli.answer.paths import resolve_decode
 
+    evidence = evidence or evidence_plot is not None
+    if evidence:
+        from vococli.answer.paths import evidence_decode
+
+        decode = evidence_decode(decode)
     check_decode_device(decode, device)
     weights = answer_weights(weights, load_4bit)
     qs = ([question] if question else []) + list(questions)
@@ -74,6 +83,7 @@ def ask(
 
     n_threads = threads_for(threads)
     quiet_transformers()
+    video_file = cache if cache.is_file() else None
     if cache.is_file():  # a video: answer from its cache, made first when needed
         cache, answerer = _cache_of_video(cache, answerer, device, dtype, weights)
     session = open_for_answering(cache, answerer, device=device, dtype=dtype, weights=weights,
@@ -87,12 +97,16 @@ def ask(
         if len(qs) > 1 and not as_json:
             out.print(f"[bold]Q:[/bold] {q}")
         if stream and not as_json:
-            ans = session.ask(q, gen, on_text=_stdout_stream())
+            ans = session.ask(q, gen, on_text=_stdout_stream(), evidence=evidence)
             sys.stdout.write("\n")
         else:
-            ans = session.ask(q, gen)
+            ans = session.ask(q, gen, evidence=evidence)
             if not as_json:
                 sys.stdout.write(ans.text + "\n")
+        if ans.evidence is not None and not as_json:
+            sys.stdout.write(ans.evidence.line() + "\n")
+        if evidence_plot is not None and ans.evidence is not None:
+            _plot(ans, evidence_plot, len(results) + 1 if len(qs) > 1 else 0, cache, video.meta, video_file)
         if not ans.text and not as_json:
             err.print("[dim](the model gave an empty answer)[/dim]")
         if verbose and not as_json:
@@ -106,6 +120,16 @@ def ask(
         out.print_json(json.dumps({"cache": str(cache), "frames": video.n_frames, "weights": m.weights,
                                    "dtype": str(m.dtype).removeprefix("torch."), "device": str(m.device),
                                    "decode": path, "threads": n_threads, "answers": results}))
+
+
+def _plot(ans, plot: Path, number: int, cache: Path, meta, video_file: Path | None) -> None:
+    from vococli.answer.evidence_plot import find_video, plot_evidence
+
+    target = plot.with_name(f"{plot.stem}-{number}{plot.suffix}") if number else plot
+    video = find_video(cache, meta, video_file)
+    plot_evidence(ans.evidence, target, ans.question, ans.text, video)
+    err.print(f"[dim]{target}: evidence plot" + ("" if video else " (the video is not beside its cache: no "
+                                                  "thumbnails)") + "[/dim]")
 
 
 def _check_cache(cache: Path, threads: int | None) -> None:
@@ -143,6 +167,7 @@ def chat(
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     threads: Optional[int] = ThreadsOpt,
+    evidence: bool = EvidenceOpt,
 ):
     """Talk about a compressed video, turn by turn (earlier turns stay in the key/value state).
 
@@ -152,6 +177,10 @@ def chat(
     """
     from vococli.answer.opening import open_for_answering
 
+    if evidence:
+        from vococli.answer.paths import evidence_decode
+
+        decode = evidence_decode(decode)
     check_decode_device(decode, device)
     weights = answer_weights(weights, load_4bit)
     gen = _gen_config(max_new_tokens, temperature, top_p, seed)
@@ -191,9 +220,11 @@ def chat(
             continue
         sys.stdout.write("vococli> ")
         try:
-            ans = session.ask(line, gen, on_text=_stdout_stream())
+            ans = session.ask(line, gen, on_text=_stdout_stream(), evidence=evidence)
             if not ans.text:
                 sys.stdout.write("(empty answer)")
+            if ans.evidence is not None:
+                sys.stdout.write("\n" + ans.evidence.line())
         except KeyboardInterrupt:  # stops this answer only; the conversation is as before it
             sys.stdout.write(" [stopped]")
         except UserError as e:

@@ -17,6 +17,7 @@ from vococli.cli.common import err
 from vococli.cli.compress import compress, info
 from vococli.cli.eval import eval_command, score_command
 from vococli.cli.serve import serve
+from vococli.cli.experiment import experiment_needle
 from vococli.cli.training import experiment_table1, synth, tiny_model, train
 from vococli.errors import UserError
 
@@ -53,6 +54,7 @@ app.command()(train)
 experiment_app = typer.Typer(help="Reproducible experiments on synthetic data.", no_args_is_help=True,
                              context_settings=HELP_OPTIONS)
 experiment_app.command("table1")(experiment_table1)
+experiment_app.command("needle")(experiment_needle)
 app.add_typer(experiment_app, name="experiment")
 app.command("tiny-model")(tiny_model)
 

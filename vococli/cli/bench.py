@@ -39,7 +39,7 @@ def bench_command(
                                  "(`--decode compiled`) on the longest cache, and stage 1 and the end-to-end "
                                  "compress with stage 1's layers compiled."),
     sections: str = typer.Option(",".join(("ceilings", "vision", "stage1", "compress", "table7", "long")),
-                                 help="Comma-separated sections to run; also startup (the commands' start-up "
+                                 help="Comma-separated sections to run; also evidence (what --evidence costs), startup (the commands' start-up "
                                  "against `import torch`) and serve (16 clients against `vococli serve`), both "
                                  "with the default model."),
     save: Optional[Path] = typer.Option(None, help="Also write the results to this JSON file."),
@@ -190,6 +190,12 @@ def print_section(name: str, value) -> None:
                          [("method", "method"), ("cached_tokens", "cached tokens"), ("cache_mib", "cache MiB"),
                           ("first_token_ms", "first token ms"), ("first_token_vs_baseline", "vs (a)"),
                           ("answer_ms", "answer ms"), ("vs_baseline", "vs (a)"), ("peak_gib", "extra GiB")]))
+    elif name == "evidence":
+        wide.print(_table("What --evidence costs (dynamic path, same answers)", value,
+                          [("minutes", "minutes"), ("frames", "frames"), ("answer_tokens", "tokens"),
+                           ("ttft_ms", "first token ms"), ("ttft_evidence_ms", "with evidence"),
+                           ("answer_ms", "answer ms"), ("answer_evidence_ms", "with evidence"),
+                           ("overhead", "ratio")]))
     elif name == "long":
         columns = [("minutes", "minutes"), ("cache_gib", "cache GiB"), ("weights", "weights"),
                    ("path", "path"), ("load_s", "load s"), ("ttft_ms", "first token ms"),

@@ -27,6 +27,9 @@ TemperatureOpt = typer.Option(0.0, help="0 = greedy; > 0 samples.")
 TopPOpt = typer.Option(1.0, help="Nucleus sampling mass (with --temperature).")
 SeedOpt = typer.Option(0, help="Seed for sampling.")
 SubsampleOpt = typer.Option(False, help="Use evenly spaced frames when the cache exceeds the context.")
+EvidenceOpt = typer.Option(False, "--evidence", help="Also say which frames each answer drew on: timestamps with "
+                           "weights, from the answer's attention over each frame's cached tokens (decodes with "
+                           "the dynamic path unless --decode static).")
 ThreadsOpt = typer.Option(None, "--threads", metavar="N", show_default=False,
                           help="CPU threads to compute with (default: the CPUs this process may use, from its "
                           "affinity mask).")

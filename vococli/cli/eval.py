@@ -55,6 +55,9 @@ def eval_command(
     dtype: str = DtypeOpt,
     threads: Optional[int] = ThreadsOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON."),
+    evidence: bool = typer.Option(False, "--evidence", help="Record in each prediction the frames the answer drew "
+                                  "on (timestamps with weights; decodes with the dynamic path unless --decode "
+                                  "static)."),
 ):
     """Answer a video QA benchmark: each video compressed once, every answer saved as it is made.
 
@@ -67,6 +70,10 @@ def eval_command(
     from vococli.video.sampling import Sampling
 
     # every flag and file is checked before torch and the model code are imported
+    if evidence:
+        from vococli.answer.paths import evidence_decode
+
+        decode = evidence_decode(decode)
     check_decode_device(decode, device)
     weights = answer_weights(weights, load_4bit)
     check(cache_dtype, Storage, "cache_dtype")
@@ -95,7 +102,7 @@ def eval_command(
     cfg = EvalConfig(dataset=dataset, videos=videos, out=out_dir, cache_dir=cache_dir, threads=n_threads,
                      sampling=sampling, suffix=SHORT_ANSWER_SUFFIX if suffix is None else suffix,
                      max_new_tokens=max_new_tokens, batch_size=batch_size, decode=decode, cache_dtype=cache_dtype,
-                     retry_errors=retry_errors)
+                     retry_errors=retry_errors, evidence=evidence)
     quiet_transformers()
     if weights == "int4":
         dev = resolve_device(device)

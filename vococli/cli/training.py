@@ -21,9 +21,11 @@ def synth(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder to write clips and annotations into."),
     seed: int = typer.Option(0, help="Seed: the same seed writes the same annotations."),
     count: int = typer.Option(100, help="Number of clips."),
-    kind: str = typer.Option("mix", help="frame, temporal, needle or mix."),
+    kind: str = typer.Option("mix", help="frame, temporal, needle, long (several brief events far apart) or mix."),
     size: int = typer.Option(96, help="Frame side in pixels."),
-    needle_seconds: str = typer.Option("60,600,3600", help="Needle clip lengths in seconds (cycled)."),
+    needle_seconds: str = typer.Option("60,600,3600", help="Needle and long clip lengths in seconds (cycled)."),
+    needle_depths: Optional[str] = typer.Option(None, help="Where each needle is shown, as fractions of the clip "
+                                                "(0 = start, 1 = end), cycled; default: anywhere."),
     types: Optional[str] = typer.Option(None, help="Keep only these question types, comma-separated "
                                         "(e.g. shape,count); clips left without a question are skipped."),
     as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
@@ -37,8 +39,13 @@ def synth(
         raise UserError(f"--needle-seconds {needle_seconds!r}: expected comma-separated whole seconds") from None
     if not lengths or min(lengths) < 4:
         raise UserError("--needle-seconds: each length must be at least 4 seconds")
+    if kind == "long" and min(lengths) < 18:
+        raise UserError("--needle-seconds: long clips must be at least 18 seconds (three events and the gaps "
+                        "between them)")
+    depths = parse_fractions(needle_depths, "--needle-depths") if needle_depths else None
     kept = tuple(t.strip() for t in types.split(",") if t.strip()) if types else None
-    cfg = SynthConfig(seed=seed, count=count, kind=kind, size=size, needle_seconds=lengths, types=kept)
+    cfg = SynthConfig(seed=seed, count=count, kind=kind, size=size, needle_seconds=lengths,
+                      needle_depths=depths, types=kept)
     with progress_bar("synth") as bar:
         task = bar.add_task("clips", total=count, rate="")
         res = synthesize(cfg, out_dir, progress=lambda done, total: bar.update(task, completed=done, total=total))
@@ -47,6 +54,26 @@ def synth(
     else:
         out.print(f"{res['out']}: {res['clips']} clips, {res['questions']} questions "
                   "(videos/, train.json, test_qa.json, scenes.json)")
+
+
+def parse_fractions(text: str, flag: str) -> tuple[float, ...]:
+    """Comma-separated numbers from 0 to 1."""
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected comma-separated fractions from 0 to 1") from None
+    if not values or not all(0.0 <= v <= 1.0 for v in values):
+        raise UserError(f"{flag} {text!r}: each depth must lie from 0 to 1")
+    return values
+
+
+def parse_range(text: str, flag: str) -> tuple[int, int]:
+    """MIN:MAX whole numbers."""
+    try:
+        lo, hi = (int(x) for x in text.split(":"))
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected MIN:MAX in frames, e.g. 18:10800") from None
+    return lo, hi
 
 
 def train(
@@ -86,6 +113,12 @@ def train(
                                           "this process may use, from its affinity mask)."),
     device: str = DeviceOpt,
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bf16 autocast (default: on for CUDA)."),
+    long_frames: Optional[str] = typer.Option(None, metavar="MIN:MAX", help="Also train on needle/long scenes of "
+                                              "MIN to MAX frames (e.g. 18:10800), assembled from frames compressed "
+                                              "one by one (grey frames without gradients)."),
+    long_scenes: int = typer.Option(16, help="Assembled long scenes per micro-batch (with --long-frames)."),
+    long_ramp: int = typer.Option(0, help="Steps over which the longest assembled scene grows to MAX."),
+    long_kinds: str = typer.Option("needle,long", help="Kinds of assembled scenes: needle, long."),
 ):
     """Train a VoCo model: only answers are supervised; the mask decides what the text may see.
 
@@ -101,11 +134,14 @@ def train(
     quiet_transformers()
     if no_voco_mask:
         mask = "causal"
+    long_min, long_max = parse_range(long_frames, "--long-frames") if long_frames else (18, 0)
     cfg = TrainConfig(data=tuple(data), out=str(out_dir), media=str(media) if media else None, init=init,
                       checkpoint=from_checkpoint, mask=mask, compressor=compressor, voco_tokens=voco_tokens, lr=lr, warmup_steps=warmup_steps,
                       batch_size=batch_size, grad_accum=grad_accum, steps=steps, epochs=epochs,
                       freeze_vision=freeze_vision, fps=fps, max_frames=max_frames, keep_frames=keep_frames,
-                      save_every=save_every, seed=seed, threads=threads, device=None if device == "auto" else device, bf16=bf16)
+                      save_every=save_every, seed=seed, threads=threads, device=None if device == "auto" else device, bf16=bf16,
+                      long_min=long_min, long_max=long_max, long_scenes=long_scenes, long_ramp=long_ramp,
+                      long_kinds=long_kinds)
     progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                         TimeRemainingColumn(), console=err, disable=not err.is_terminal)
     log_every = max(1, save_every // 4)
@@ -124,7 +160,7 @@ def train(
 
 
 # train's options whose TrainConfig field has another name
-TRAIN_FIELDS = {"out_dir": "out", "from_checkpoint": "checkpoint", "no_voco_mask": "mask"}
+TRAIN_FIELDS = {"out_dir": "out", "from_checkpoint": "checkpoint", "no_voco_mask": "mask", "long_frames": "long_max"}
 
 
 def given_settings(ctx: typer.Context) -> frozenset[str]:

@@ -57,6 +57,7 @@ class EvalConfig:
     cache_dtype: str = "auto"  # storage of cached keys/values (kv_quant.STORAGES)
     retry_errors: bool = False  # ask again every question that failed before (not only those whose cause may be gone)
     threads: int | None = None  # CPU threads torch computes with (recorded in run.json; set by the caller)
+    evidence: bool = False  # record each answer's evidence frames (answer/evidence.py) in its line
 
     @property
     def caches(self) -> Path:
@@ -159,10 +160,12 @@ def _run_locked(model, answerer, items, cfg, annotations, fmt, on_video, on_item
             gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
             for q in questions:
                 session.reset()
-                ans = _machine_problems(lambda: session.ask(q.question + cfg.suffix, gen), f"answering {q.id!r}")
+                ans = _machine_problems(lambda: session.ask(q.question + cfg.suffix, gen, evidence=cfg.evidence),
+                                        f"answering {q.id!r}")
                 log.write({"id": q.id, **base, "question": q.question, "answer": q.answer, "pred": ans.text,
                            **({"type": q.type} if q.type else {}), "answer_s": round(ans.total_s, 4),
-                           "ttft_s": round(ans.time_to_first_token_s, 4), "answer_tokens": len(ans.token_ids)})
+                           "ttft_s": round(ans.time_to_first_token_s, 4), "answer_tokens": len(ans.token_ids),
+                           **({"evidence": ans.evidence.top()} if ans.evidence is not None else {})})
                 count(n_answered=1)
         if on_video:
             on_video(len(groups), len(groups))

@@ -22,7 +22,8 @@ import numpy as np
 
 from vococli.errors import UserError, check_output_folder
 from vococli.eval.formats import SHORT_ANSWER_SUFFIX
-from vococli.synth.scenes import KINDS, QUESTION_TYPES, Scene, draw, frame_scene, needle_scene, temporal_scene
+from vococli.synth.scenes import (KINDS, QUESTION_TYPES, Scene, draw, frame_scene, long_scene, needle_scene,
+                                  temporal_scene)
 
 VIDEO_PROMPT = "<video>\n"
 
@@ -31,9 +32,10 @@ VIDEO_PROMPT = "<video>\n"
 class SynthConfig:
     seed: int = 0
     count: int = 100
-    kind: str = "mix"  # frame | temporal | needle | mix
+    kind: str = "mix"  # frame | temporal | needle | long | mix
     size: int = 96  # frame side in pixels
-    needle_seconds: tuple[int, ...] = (60, 600, 3600)  # needle clip lengths, cycled
+    needle_seconds: tuple[int, ...] = (60, 600, 3600)  # needle and long clip lengths, cycled
+    needle_depths: tuple[float, ...] | None = None  # where the needle is (0-1), cycled; default: anywhere
     mix_needle_seconds: int = 60  # needle length inside a mix (keeps mixes quick to write)
     types: tuple[str, ...] | None = None  # keep only these question types (clips left without one are dropped)
 
@@ -48,10 +50,13 @@ def make_scene(cfg: SynthConfig, index: int) -> Scene:
         return frame_scene(rng)
     if kind == "temporal":
         return temporal_scene(rng)
-    if kind == "needle":
+    if kind in ("needle", "long"):
         length = cfg.mix_needle_seconds if cfg.kind == "mix" else cfg.needle_seconds[index % len(cfg.needle_seconds)]
-        return needle_scene(rng, length)
-    raise UserError(f"--kind {cfg.kind!r}: choose one of frame, temporal, needle, mix")
+        if kind == "long":
+            return long_scene(rng, length)
+        depths = cfg.needle_depths
+        return needle_scene(rng, length, depth=depths[index % len(depths)] if depths else None)
+    raise UserError(f"--kind {cfg.kind!r}: choose one of {', '.join(KINDS)}, mix")
 
 
 def write_clip(scene: Scene, path: Path, size: int) -> None:
@@ -115,8 +120,8 @@ def annotations(cfg: SynthConfig) -> tuple[list[Scene], list[dict], list[dict]]:
 
 
 def scene_record(cfg: SynthConfig, index: int, scene: Scene) -> dict:
-    """What was drawn; needle clips record their facts instead of every distractor frame."""
-    objects = None if scene.kind == "needle" else [[asdict(o) for o in f] for f in scene.frames]
+    """What was drawn; needle and long clips record their facts instead of every distractor frame."""
+    objects = None if scene.kind in ("needle", "long") else [[asdict(o) for o in f] for f in scene.frames]
     return {"video_id": clip_id(cfg, index), "kind": scene.kind, "frames": len(scene.frames),
             "background": list(scene.background), "objects": objects, "facts": scene.facts}
 

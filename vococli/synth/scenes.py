@@ -6,7 +6,11 @@ Kinds:
 - frame: a static scene of 1-3 shapes (colour, shape, count, position, presence questions);
 - temporal: shapes appear in order, move, change colour, or blink (order, direction, final
   colour, repetition questions);
-- needle: a long stretch of grey distractors with one coloured shape shown for a few seconds.
+- needle: a long stretch of grey distractors with one coloured shape shown for a few seconds;
+- long: the same grey stretch with several brief coloured events far apart (which came first,
+  how many times, what colour at the start and at the end).
+Needle and long scenes record, in `facts`, the frames each event was shown on and the
+distractor's drawing parameters (so its frames can be drawn again without the scene).
 """
 
 from __future__ import annotations
@@ -25,9 +29,10 @@ SHAPES = ("circle", "square", "triangle")
 # a region per position word: centre (x, y) as fractions of the frame
 REGIONS = {"left": (0.2, 0.5), "right": (0.8, 0.5), "top": (0.5, 0.2), "bottom": (0.5, 0.8)}
 NUMBERS = ["zero", "one", "two", "three", "four", "five"]
-KINDS = ("frame", "temporal", "needle")
+KINDS = ("frame", "temporal", "needle", "long")
 QUESTION_TYPES = ("color", "shape", "count", "position", "exists", "order", "direction", "final_color",
-                  "start_color", "repeat", "needle_shape", "needle_color")
+                  "start_color", "repeat", "needle_shape", "needle_color", "long_order", "long_repeat",
+                  "long_final_color", "long_start_color")
 
 
 @dataclass(frozen=True)
@@ -126,25 +131,97 @@ def temporal_scene(rng: np.random.Generator, n_frames: int = 8) -> Scene:
     return Scene("temporal", bg, frames, qa)
 
 
-def needle_scene(rng: np.random.Generator, n_frames: int, show: int = 3) -> Scene:
-    """Grey distractor shapes drifting for n_frames; one coloured shape appears for `show` frames."""
+@dataclass(frozen=True)
+class Distractor:
+    """The grey shape of needle and long scenes, circling the centre slowly."""
+
+    shape: str
+    phase: float
+    speed: float
+
+    def angle(self, t: int) -> float:
+        return self.phase + self.speed * t
+
+    def at_angle(self, angle: float) -> Obj:
+        return Obj(self.shape, "grey", float(0.5 + 0.15 * np.cos(angle)), float(0.5 + 0.15 * np.sin(angle)), 0.08)
+
+    def obj(self, t: int) -> Obj:
+        return self.at_angle(self.angle(t))
+
+
+def _distractor(rng: np.random.Generator) -> Distractor:
+    shape = _pick(rng, SHAPES, 1)[0]
+    return Distractor(shape, float(rng.uniform(0, 2 * np.pi)), float(rng.uniform(0.05, 0.2)))
+
+
+def _grey_stretch(dis: Distractor, n_frames: int, events: list[tuple[int, Obj]], show: int) -> list[list[Obj]]:
+    frames = [[dis.obj(t)] for t in range(n_frames)]
+    for at, obj in events:
+        for t in range(at, min(at + show, n_frames)):
+            frames[t].append(obj)
+    return frames
+
+
+def _facts(dis: Distractor, events: list[tuple[int, Obj]], show: int) -> dict:
+    return {"distractor": {"shape": dis.shape, "phase": dis.phase, "speed": dis.speed},
+            "events": [[at, at + show] for at, _ in events]}
+
+
+def needle_scene(rng: np.random.Generator, n_frames: int, show: int = 3, depth: float | None = None) -> Scene:
+    """Grey distractor shapes drifting for n_frames; one coloured shape appears for `show` frames,
+    at `depth` (0 = the start, 1 = the end) when given, else anywhere."""
     bg = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
     at = int(rng.integers(0, max(1, n_frames - show)))
+    if depth is not None:
+        at = int(round(min(max(depth, 0.0), 1.0) * max(0, n_frames - show)))
     shape, color = _pick(rng, SHAPES, 1)[0], _pick(rng, list(COLORS), 1)[0]
     needle = Obj(shape, color, *_jitter(rng, REGIONS[_pick(rng, list(REGIONS), 1)[0]]), 0.13)
-    d_shape = _pick(rng, SHAPES, 1)[0]
-    phase, speed = rng.uniform(0, 2 * np.pi), rng.uniform(0.05, 0.2)
-    frames = []
-    for t in range(n_frames):
-        # the distractor circles the centre slowly, away from the needle's regions' corners
-        x, y = 0.5 + 0.15 * np.cos(phase + speed * t), 0.5 + 0.15 * np.sin(phase + speed * t)
-        objs = [Obj(d_shape, "grey", float(x), float(y), 0.08)]
-        if at <= t < at + show:
-            objs.append(needle)
-        frames.append(objs)
+    dis = _distractor(rng)
+    frames = _grey_stretch(dis, n_frames, [(at, needle)], show)
     qa = [("needle_shape", "which coloured shape appeared in the video?", shape),
           ("needle_color", "what colour was the shape that appeared briefly?", color)]
-    return Scene("needle", bg, frames, qa, facts={"needle_frame": at, "needle_frames": show})
+    facts = {"needle_frame": at, "needle_frames": show, **_facts(dis, [(at, needle)], show)}
+    return Scene("needle", bg, frames, qa, facts=facts)
+
+
+def _spread(rng: np.random.Generator, n_frames: int, n: int, show: int) -> list[int]:
+    """n sorted start frames of `show`-frame events with at least `show` empty frames between them."""
+    room = n_frames - n * show - (n - 1) * show
+    if room < 1:
+        raise ValueError(f"{n} events of {show} frames do not fit in {n_frames} frames")
+    cuts = np.sort(rng.choice(room, size=n, replace=True))
+    return [int(c) + i * 2 * show for i, c in enumerate(cuts)]
+
+
+def long_scene(rng: np.random.Generator, n_frames: int, show: int = 3) -> Scene:
+    """A grey stretch of n_frames (at least 18) with 2-3 brief coloured events far apart; one scenario:
+    order (distinct shapes), repeat (one shape shown 1-3 times) or colour change (one shape shown
+    2-3 times, its colour changing between showings)."""
+    bg = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
+    scenario = ("order", "repeat", "final_color")[rng.integers(3)]
+    place = lambda: _jitter(rng, REGIONS[_pick(rng, list(REGIONS), 1)[0]])  # noqa: E731
+    if scenario == "order":
+        n = int(rng.integers(2, 4))
+        shapes, colors = _pick(rng, SHAPES, n), _pick(rng, list(COLORS), n)
+        objs = [Obj(s, c, *place(), 0.13) for s, c in zip(shapes, colors)]
+        which = "first" if rng.random() < 0.5 else "last"
+        qa = [("long_order", f"which shape appeared {which}?", shapes[0] if which == "first" else shapes[-1])]
+    elif scenario == "repeat":
+        n = int(rng.integers(1, 4))
+        shape, color = _pick(rng, SHAPES, 1)[0], _pick(rng, list(COLORS), 1)[0]
+        objs = [Obj(shape, color, *place(), 0.13) for _ in range(n)]
+        qa = [("long_repeat", f"how many times did the {color} {shape} appear?", NUMBERS[n])]
+    else:
+        n = int(rng.integers(2, 4))
+        shape = _pick(rng, SHAPES, 1)[0]
+        colors = _pick(rng, list(COLORS), n)
+        objs = [Obj(shape, c, *place(), 0.13) for c in colors]
+        qa = [("long_final_color", f"what colour was the {shape} at the end?", colors[-1]),
+              ("long_start_color", f"what colour was the {shape} at the start?", colors[0])]
+    dis = _distractor(rng)
+    events = list(zip(_spread(rng, n_frames, n, show), objs))
+    frames = _grey_stretch(dis, n_frames, events, show)
+    return Scene("long", bg, frames, qa, facts=_facts(dis, events, show))
 
 
 def draw(scene: Scene, t: int, size: int) -> np.ndarray:

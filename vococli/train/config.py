@@ -32,6 +32,17 @@ class TrainConfig:
     threads: int | None = None
     device: str | None = None
     bf16: bool | None = None  # default: on for CUDA
+    long_max: int = 0  # longest assembled needle/long scene in frames (train/long.py); 0: none
+    long_min: int = 18
+    long_scenes: int = 16  # assembled scenes per micro-batch, besides the --data conversations
+    long_ramp: int = 0  # steps over which the longest scene grows from 4 x long_min to long_max
+    long_kinds: str = "needle,long"
+
+    def long_settings(self):
+        from vococli.train.long import LongSettings
+
+        return LongSettings(min_frames=self.long_min, max_frames=self.long_max, scenes=self.long_scenes,
+                            ramp=self.long_ramp, kinds=tuple(self.long_kinds.split(",")))
 
     @property
     def compressor_name(self) -> str:

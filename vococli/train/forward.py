@@ -42,17 +42,24 @@ class FrameState:
 def encode_frames(model: VocoModel, pixels: torch.Tensor, n_frames: list[int],
                   compressor: str | Compressor = "voco", module: torch.nn.Module | None = None) -> FrameState:
     """Stage 1 for the frames of V videos, stacked in order: pixels (sum(n_frames), 3, S, S)."""
-    lay = model.layout
     dev = pixels.device
     counts = torch.tensor(n_frames, device=dev)
+    # frame t of its video sits at arange(frame_len) + t*K
+    t_in_video = torch.arange(pixels.shape[0], device=dev) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    keys, values = frame_kv(model, pixels, t_in_video, compressor, module)
+    return FrameState(keys=keys, values=values, first_frame=counts.cumsum(0) - counts, n_frames=counts)
+
+
+def frame_kv(model: VocoModel, pixels: torch.Tensor, t: torch.Tensor, compressor: str | Compressor = "voco",
+             module: torch.nn.Module | None = None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per layer the kept keys/values (F, Hkv, m, D) of frames (F, 3, S, S), frame i compressed as
+    frame t[i] of its video (positions arange(frame_len) + t[i]*K)."""
+    lay = model.layout
     feats = image_features(model, pixels)  # (F, n_image, H)
     embeds = frame_embeddings(model, feats)  # (F, frame_len, H)
     compressor = get_compressor(compressor)
     embeds = compressor.slot_embeddings(embeds, feats, lay, module)
-    # frame t of its video sits at arange(frame_len) + t*K
-    t_in_video = torch.arange(embeds.shape[0], device=dev) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-    keys, values = prefill_frames(model, embeds, lay.k * t_in_video, compressor)
-    return FrameState(keys=keys, values=values, first_frame=counts.cumsum(0) - counts, n_frames=counts)
+    return prefill_frames(model, embeds, lay.k * t.to(pixels.device), compressor)
 
 
 def text_hidden(model: VocoModel, state: FrameState, ids: torch.Tensor, lengths: torch.Tensor,

@@ -49,6 +49,18 @@ def lr_at(step: int, cfg: TrainConfig, total: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
+def check_long(cfg: TrainConfig) -> None:
+    from vococli.train.long import LONG_KINDS
+
+    if not 18 <= cfg.long_min <= cfg.long_max:
+        raise UserError(f"--long-frames {cfg.long_min}:{cfg.long_max}: expected MIN:MAX with 18 <= MIN <= MAX")
+    if cfg.long_scenes < 1 or cfg.long_ramp < 0:
+        raise UserError("--long-scenes must be at least 1 and --long-ramp at least 0")
+    kinds = cfg.long_kinds.split(",")
+    if not kinds or set(kinds) - set(LONG_KINDS):
+        raise UserError(f"--long-kinds {cfg.long_kinds!r}: choose from {', '.join(LONG_KINDS)}")
+
+
 def load_data(cfg: TrainConfig, model: VocoModel, notice=print) -> list[MediaItem]:
     items: list[MediaItem] = []
     for d in cfg.data:
@@ -56,6 +68,30 @@ def load_data(cfg: TrainConfig, model: VocoModel, notice=print) -> list[MediaIte
     if not items:
         raise UserError("the training data holds no samples")
     return items
+
+
+class LongContext:
+    """The assembled hour-long scenes of a run (train/long.py): the grey-frame bank, recomputed
+    from the current weights every `refresh` steps (a divisor of --save-every, so a resumed run
+    recomputes it where an uninterrupted one did), and each micro-batch's scenes."""
+
+    def __init__(self, cfg: TrainConfig, model: VocoModel, module, device: torch.device):
+        from vococli.train.long import GreyBank
+
+        self.cfg, self.model, self.module, self.device = cfg, model, module, device
+        self.settings = cfg.long_settings()
+        self.bank = GreyBank(model, codec=self.settings.codec)
+        self.every = math.gcd(self.settings.refresh, cfg.save_every)
+
+    def refresh(self, step: int) -> None:
+        if self.bank.keys is None or step % self.every == 0:
+            self.bank.refresh(self.model, self.cfg.compressor_name, self.module, self.device)
+
+    def batch(self, step: int, micro: int):
+        from vococli.train.long import long_batch
+
+        return long_batch(self.model, self.bank, self.settings, self.cfg.seed, step, micro, self.cfg.compressor_name,
+                          self.module, self.device)
 
 
 def total_steps(cfg: TrainConfig, items: list[MediaItem]) -> int:
@@ -100,6 +136,8 @@ def _train(cfg: TrainConfig, resume: bool, on_step, notice, given) -> TrainState
                         f"{cfg.weight_decay}")
     Sampling(fps=cfg.fps, max_frames=cfg.max_frames)  # refuses a bad --fps before anything is loaded
     check_threads(cfg.threads)
+    if cfg.long_max:
+        check_long(cfg)
     if cfg.voco_tokens is not None and cfg.voco_tokens < 1:
         raise UserError("--voco-tokens must be at least 1")
     if cfg.warmup_steps < 0 or (cfg.steps is not None and cfg.steps < 1) or cfg.epochs <= 0:
@@ -144,12 +182,15 @@ def _train(cfg: TrainConfig, resume: bool, on_step, notice, given) -> TrainState
     if pad is None:
         pad = model.tokenizer.eos_token_id
     batches = epoch_batches(items, cfg.batch_size, cfg.seed, st.epoch)
+    long = LongContext(cfg, model, module, device) if cfg.long_max else None
     out.mkdir(parents=True, exist_ok=True)
     t_last, seen_last = time.perf_counter(), 0
     while st.step < total:
         opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
-        for _ in range(cfg.grad_accum):
+        if long is not None:
+            long.refresh(st.step)
+        for micro in range(cfg.grad_accum):
             if st.cursor >= len(batches):
                 st.epoch, st.cursor = st.epoch + 1, 0
                 batches = epoch_batches(items, cfg.batch_size, cfg.seed, st.epoch)
@@ -158,10 +199,16 @@ def _train(cfg: TrainConfig, resume: bool, on_step, notice, given) -> TrainState
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 frames = encode_frames(model, batch.pixels, batch.n_frames, cfg.compressor_name, module)
                 loss = answer_loss(model, frames, batch.ids, batch.lengths, batch.video, batch.targets)
+                seen = batch.conversations
+                if long is not None:  # weighted by conversations: one mean over both kinds
+                    lb = long.batch(st.step, micro)
+                    long_loss = answer_loss(model, lb.state, lb.ids, lb.lengths, lb.video, lb.targets)
+                    loss = (loss * seen + long_loss * lb.conversations) / (seen + lb.conversations)
+                    seen += lb.conversations
             (loss / cfg.grad_accum).backward()
             loss_sum += loss.item() / cfg.grad_accum
-            st.samples += batch.conversations
-            seen_last += batch.conversations
+            st.samples += seen
+            seen_last += seen
         for g in opt.param_groups:
             g["lr"] = lr_at(st.step, cfg, total)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
