@@ -94,7 +94,7 @@ def test_written_clip_shows_the_scene(tmp_path):
 def test_bad_options():
     with pytest.raises(UserError, match="--count must be at least 1"):
         synthesize(SynthConfig(count=0), "/tmp/never")
-    with pytest.raises(UserError, match="--kind 'nope': choose one of frame, temporal, needle, long, mix"):
+    with pytest.raises(UserError, match="--kind 'nope': choose one of frame, temporal, needle, long, detail, mix"):
         make_scene(SynthConfig(kind="nope"), 0)
 
 
@@ -182,3 +182,29 @@ def test_needle_depths_place_the_needle():
     free = make_scene(SynthConfig(seed=3, count=3, kind="needle", needle_seconds=(100,)), 1)
     placed = make_scene(cfg, 1)
     assert free.qa == placed.qa and free.background == placed.background
+
+
+def test_detail_answers_match_the_drawing():
+    """Answers recomputed from the drawn objects alone (positions, sizes, colours)."""
+    cfg = SynthConfig(seed=12, count=60, kind="detail")
+    counts = set()
+    for i in range(cfg.count):
+        scene = make_scene(cfg, i)
+        objs = scene.frames[0]
+        assert 4 <= len(objs) <= 6
+        cell = lambda o: (int(o.y * 3), int(o.x * 3))  # noqa: E731
+        assert len({cell(o) for o in objs}) == len(objs)  # one shape per cell
+        (_, q_left, a_left), (_, _, a_small), (_, q_count, a_count) = scene.qa
+        named = [o for o in objs if q_left.endswith(f"the {o.color} {o.shape}?")]
+        assert len(named) == 1
+        r, c = cell(named[0])
+        left = [o for o in objs if cell(o) == (r, c - 1)]
+        assert len(left) == 1 and a_left == left[0].color
+        sizes = sorted(o.size for o in objs)
+        assert sizes[0] < sizes[1] - 0.03 and a_small == min(objs, key=lambda o: o.size).color
+        colour = q_count.split("how many ")[1].split(" shapes")[0]
+        assert a_count == NUMBERS[sum(o.color == colour for o in objs)]
+        counts.add(a_count)
+    assert len(counts) >= 3  # the count answer is not one constant
+    img = draw(make_scene(cfg, 0), 0, 96)
+    assert img.shape == (96, 96, 3)

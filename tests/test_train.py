@@ -13,6 +13,7 @@ from vococli.compress.stage1 import frame_embeddings, image_features
 from vococli.train.checkpoint import load_optimizer, save_optimizer, state_file
 from vococli.train.config import TrainConfig
 from vococli.train.loop import train
+from vococli.compressors import get_compressor
 from vococli.compressors.avgpool import AvgPoolCompressor
 from vococli.train.forward import encode_frames, text_hidden
 
@@ -30,7 +31,7 @@ def one_forward_hidden(model, pixels, ids, compressor, module=None):
     lay = model.layout
     feats = image_features(model, pixels)
     embeds = frame_embeddings(model, feats)  # (T, frame_len, H)
-    if compressor == "avgpool":  # the pooled slots, computed here rather than by the compressor class
+    if compressor in ("avgpool", "qformer"):  # the slots, computed here rather than by the compressor class
         embeds = torch.cat([embeds[:, :lay.c0], module(feats)], dim=1)
     t = embeds.shape[0]
     text = model.language_model.get_input_embeddings()(ids)
@@ -41,14 +42,14 @@ def one_forward_hidden(model, pixels, ids, compressor, module=None):
     return out.last_hidden_state[0, -ids.shape[1]:]
 
 
-@pytest.mark.parametrize("compressor", ["voco", "full", "avgpool"])
+@pytest.mark.parametrize("compressor", ["voco", "full", "avgpool", "qformer"])
 def test_per_frame_training_forward_equals_block_masked_forward(model, compressor):
     """Two videos (3 and 1 frames) and three texts of different lengths in one padded batch."""
     torch.manual_seed(0)
     s = model.image.size
     pixels = torch.randn(4, 3, s, s)
-    comp = AvgPoolCompressor(model.text_config.hidden_size, model.layout.k) if compressor == "avgpool" else None
-    if comp is not None:
+    comp = get_compressor(compressor).build_module(model.text_config.hidden_size, model.layout.k)
+    if isinstance(comp, AvgPoolCompressor):
         torch.nn.init.normal_(comp.proj.weight, std=0.2)
     tok = model.tokenizer
     texts = [TEXT, TEXT[:40], TEXT[:25]]
@@ -367,7 +368,7 @@ def test_prompts_render_with_templates_that_need_typed_content(tmp_path):
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"compressor": "pool"}, "^compressor 'pool': choose one of voco, full, avgpool"),
+    ({"compressor": "pool"}, "^compressor 'pool': choose one of voco, full, avgpool, qformer"),
     ({"mask": "none"}, "^mask 'none': choose one of voco, causal"),
     ({"mask": "causal", "compressor": "avgpool"}, "^--mask causal trains the full compressor"),
 ])
@@ -375,3 +376,22 @@ def test_train_takes_compressors_from_the_registry(tmp_path, settings, message):
     with pytest.raises(UserError, match=message):
         train(TrainConfig(data=(str(tmp_path),), out=str(tmp_path / "out"), init="tiny", **settings))
     assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_the_qformer_baseline_trains_saves_and_answers_through_batch_scoring(synth_data, tmp_path):
+    """Like avg-pool: its layer is trained beside the model, saved with it, and used by scoring."""
+    from vococli.train.checkpoint import load_compressor
+    from vococli.train.qa_score import score_qa
+
+    cfg = TrainConfig(data=(str(synth_data),), out=str(tmp_path / "q"), init="tiny", compressor="qformer",
+                      voco_tokens=1, steps=12, batch_size=16, lr=3e-3, warmup_steps=2, save_every=100, threads=1)
+    st = train(cfg)
+    assert st.losses[-1][1] < st.losses[0][1]
+    model = load_model(tmp_path / "q", device="cpu", allow_baseline=True)
+    module = load_compressor(tmp_path / "q", model)
+    assert module is not None and module.queries.shape == (1, model.text_config.hidden_size)
+    assert model.llava.config.voco_compressor == "qformer"
+    res = score_qa(model, synth_data, compressor="qformer", module=module, limit=10, max_new_tokens=4)
+    assert len(res.predictions) == 10
+    with pytest.raises(ValueError, match="needs its"):  # never silently answered without its layer
+        score_qa(model, synth_data, compressor="qformer", module=None, limit=2, max_new_tokens=2)

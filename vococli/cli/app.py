@@ -17,8 +17,8 @@ from vococli.cli.common import err
 from vococli.cli.compress import compress, info
 from vococli.cli.eval import eval_command, score_command
 from vococli.cli.serve import serve
-from vococli.cli.experiment import experiment_needle
-from vococli.cli.training import experiment_table1, synth, tiny_model, train
+from vococli.cli.experiment import experiment_needle, experiment_table1
+from vococli.cli.training import synth, tiny_model, train
 from vococli.errors import UserError
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}

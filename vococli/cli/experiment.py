@@ -1,8 +1,9 @@
-"""`vococli experiment needle`: the needle-in-a-video-haystack heat map (eval/needle.py)."""
+"""`vococli experiment table1` (train/experiment.py) and `vococli experiment needle` (eval/needle.py)."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -66,3 +67,50 @@ def experiment_needle(
     else:
         out.print((workdir / "needle.md").read_text(), markup=False)
         out.print(f"{workdir}: needle.png, needle.md, needle.json, {ANSWERS}")
+
+
+def experiment_table1(
+    workdir: Path = typer.Option(..., "--workdir", "-w", help="Folder for data, runs, scores and results.md."),
+    base_stages: str = typer.Option("800,1500,1500", help="Causal steps of the base stages: the shape question "
+                                    "alone, then everything (the bundled model's curriculum); one number: one stage."),
+    stage_steps: int = typer.Option(1500, help="Steps of each variant, all continuing from the base."),
+    train_frame: int = typer.Option(12000, help="Single-frame training clips (5 questions each)."),
+    train_temporal: int = typer.Option(6000, help="Temporal training clips."),
+    train_needle: int = typer.Option(800, help="Short needle training clips (16-64 s)."),
+    train_shape: int = typer.Option(12000, help="Shape-question training clips (the first base stage)."),
+    train_detail: int = typer.Option(16000, help="Detail training clips (3 questions each)."),
+    eval_frame: int = typer.Option(400, help="Held-out single-frame clips (5 questions each)."),
+    eval_temporal: int = typer.Option(1000, help="Held-out temporal clips."),
+    eval_detail: int = typer.Option(700, help="Held-out detail clips (3 questions each)."),
+    needle_clips: str = typer.Option("60:30", help="Needle eval sets as seconds:clips."),
+    parallel: int = typer.Option(1, help="Variants trained at once."),
+    threads_per_run: int = typer.Option(2, help="CPU threads of each variant's training."),
+    preset: str = typer.Option("synth-v2", help="Architecture of the base model (a `train --init` preset)."),
+):
+    """Our Table 1: the upper bound, VoCo K=1/2/4/8/16, avg-pool K=1/8 and a Q-Former K=1 on one budget
+    from one causal base; scored with the lower bound on single-frame, temporal and detail questions.
+
+    Writes results.md (the table with 95% intervals, the command, the time, the machine) and
+    retention.png. Rerunning the same command skips finished steps and resumes interrupted ones.
+    """
+    from vococli.train.experiment import Table1Config, table1
+
+    quiet_transformers()
+    try:
+        needles = tuple((int(a), int(b)) for a, b in (x.split(":") for x in needle_clips.split(","))) if needle_clips else ()
+        stages = tuple(int(x) for x in base_stages.split(","))
+    except ValueError:
+        raise UserError(f"--needle-clips {needle_clips!r} / --base-stages {base_stages!r}: expected seconds:clips,... "
+                        "and comma-separated steps") from None
+    if min(eval_frame, eval_temporal, eval_detail) < 1 or not 1 <= len(stages) <= 3 or min(stages) < 1:
+        raise UserError("--eval-frame, --eval-temporal and --eval-detail must be at least 1; --base-stages takes "
+                        "one to three step counts of at least 1")
+    lrs = {1: (5e-4,), 2: (5e-4, 3e-4), 3: (5e-4, 5e-4, 3e-4)}[len(stages)]
+    cfg = Table1Config(workdir=str(workdir), base_stages=stages, base_lrs=lrs, stage_steps=stage_steps,
+                       train_frame=train_frame, train_temporal=train_temporal, train_needle=train_needle,
+                       train_shape=train_shape, train_detail=train_detail, eval_frame=eval_frame,
+                       eval_temporal=eval_temporal, eval_detail=eval_detail, needle_eval=needles,
+                       parallel=parallel, threads_per_run=threads_per_run, preset=preset)
+    command = "vococli " + " ".join(sys.argv[1:])
+    report = table1(cfg, command, notice=lambda s: err.print(s))
+    out.print(report.read_text(), markup=False)

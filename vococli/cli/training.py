@@ -1,4 +1,4 @@
-"""Commands that make data and models: synth, train, experiment table1, tiny-model.
+"""Commands that make data and models: synth, train, tiny-model.
 
 Each is a thin layer over its module; cli.py registers them on the `vococli` app.
 """
@@ -6,7 +6,6 @@ Each is a thin layer over its module; cli.py registers them on the `vococli` app
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -21,7 +20,8 @@ def synth(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder to write clips and annotations into."),
     seed: int = typer.Option(0, help="Seed: the same seed writes the same annotations."),
     count: int = typer.Option(100, help="Number of clips."),
-    kind: str = typer.Option("mix", help="frame, temporal, needle, long (several brief events far apart) or mix."),
+    kind: str = typer.Option("mix", help="frame, temporal, needle, long (several brief events far apart), detail (relations, "
+                      "sizes and counts among 4-6 shapes) or mix."),
     size: int = typer.Option(96, help="Frame side in pixels."),
     needle_seconds: str = typer.Option("60,600,3600", help="Needle and long clip lengths in seconds (cycled)."),
     needle_depths: Optional[str] = typer.Option(None, help="Where each needle is shown, as fractions of the clip "
@@ -168,42 +168,6 @@ def given_settings(ctx: typer.Context) -> frozenset[str]:
     typed = ("COMMANDLINE", "ENVIRONMENT")  # click's ParameterSource names (typer may bundle its own click)
     return frozenset(TRAIN_FIELDS.get(name, name) for name in ctx.params
                      if ctx.get_parameter_source(name).name in typed)
-
-
-def experiment_table1(
-    workdir: Path = typer.Option(..., "--workdir", "-w", help="Folder for data, runs, scores and results.md."),
-    base_steps: int = typer.Option(1500, help="Steps of the causal base model."),
-    stage_steps: int = typer.Option(500, help="Steps of each variant, all continuing from the base."),
-    train_frame: int = typer.Option(8000, help="Single-frame training clips (5 questions each)."),
-    train_temporal: int = typer.Option(12000, help="Temporal training clips."),
-    train_needle: int = typer.Option(1500, help="Short needle training clips (16-64 s)."),
-    eval_frame: int = typer.Option(200, help="Held-out single-frame clips (5 questions each)."),
-    eval_temporal: int = typer.Option(400, help="Held-out temporal clips."),
-    needle_clips: str = typer.Option("60:30,600:10,3600:4", help="Needle eval sets as seconds:clips."),
-    parallel: int = typer.Option(2, help="Variants trained at once (one CPU thread each)."),
-    preset: str = typer.Option("synth-small", help="Architecture of the base model (a `train --init` preset)."),
-):
-    """Train the upper bound, VoCo K=1/2/8 and avg-pool K=1 on one budget; score them and the lower bound.
-
-    Writes results.md (the table, the command, the time, the machine). Rerunning the same command
-    skips finished steps and resumes interrupted ones.
-    """
-    from vococli.train.experiment import Table1Config, table1
-
-    quiet_transformers()
-    try:
-        needles = tuple((int(a), int(b)) for a, b in (x.split(":") for x in needle_clips.split(",")))
-    except ValueError:
-        raise UserError(f"--needle-clips {needle_clips!r}: expected seconds:clips,seconds:clips") from None
-    if min(eval_frame, eval_temporal) < 1:
-        raise UserError("--eval-frame and --eval-temporal must be at least 1")
-    cfg = Table1Config(workdir=str(workdir), base_steps=base_steps, stage_steps=stage_steps,
-                       train_frame=train_frame, train_temporal=train_temporal, train_needle=train_needle,
-                       eval_frame=eval_frame, eval_temporal=eval_temporal, needle_eval=needles,
-                       parallel=parallel, preset=preset)
-    command = "vococli " + " ".join(sys.argv[1:])
-    report = table1(cfg, command, notice=lambda s: err.print(s))
-    out.print(report.read_text())
 
 
 def tiny_model(

@@ -1,7 +1,7 @@
 """Compressors by name: what a frame keeps for answering (compressors/base.py).
 
-`voco` is the method; `full` (every frame token kept: the upper bound) and `avgpool` are the
-baselines training compares it with. Adding one is one module with a `Compressor` subclass and
+`voco` is the method; `full` (every frame token kept: the upper bound), `avgpool` and `qformer`
+are the baselines training compares it with. Adding one is one module with a `Compressor` subclass and
 one line in `COMPRESSORS` (docs/architecture.md). A checkpoint records the compressor it was
 trained with (`voco_compressor` in its config), a cache the one that made it.
 """
@@ -11,10 +11,11 @@ from __future__ import annotations
 from vococli.compressors.avgpool import AvgPool
 from vococli.compressors.base import Compressor
 from vococli.compressors.full import Full
+from vococli.compressors.qformer import QFormer
 from vococli.compressors.voco import Voco
 from vococli.choices import one_of
 
-COMPRESSORS: dict[str, Compressor] = {c.name: c for c in (Voco(), Full(), AvgPool())}
+COMPRESSORS: dict[str, Compressor] = {c.name: c for c in (Voco(), Full(), AvgPool(), QFormer())}
 DEFAULT_COMPRESSOR = "voco"  # what compress and ask use (stage 1's fast path is its)
 
 

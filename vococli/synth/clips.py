@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from vococli.errors import UserError, check_output_folder
+from vococli.synth.detail import detail_scene
 from vococli.eval.formats import SHORT_ANSWER_SUFFIX
 from vococli.synth.scenes import (KINDS, QUESTION_TYPES, Scene, draw, frame_scene, long_scene, needle_scene,
                                   temporal_scene)
@@ -32,7 +33,7 @@ VIDEO_PROMPT = "<video>\n"
 class SynthConfig:
     seed: int = 0
     count: int = 100
-    kind: str = "mix"  # frame | temporal | needle | long | mix
+    kind: str = "mix"  # frame | temporal | needle | long | detail | mix
     size: int = 96  # frame side in pixels
     needle_seconds: tuple[int, ...] = (60, 600, 3600)  # needle and long clip lengths, cycled
     needle_depths: tuple[float, ...] | None = None  # where the needle is (0-1), cycled; default: anywhere
@@ -50,6 +51,8 @@ def make_scene(cfg: SynthConfig, index: int) -> Scene:
         return frame_scene(rng)
     if kind == "temporal":
         return temporal_scene(rng)
+    if kind == "detail":
+        return detail_scene(rng)
     if kind in ("needle", "long"):
         length = cfg.mix_needle_seconds if cfg.kind == "mix" else cfg.needle_seconds[index % len(cfg.needle_seconds)]
         if kind == "long":

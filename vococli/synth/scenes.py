@@ -7,6 +7,7 @@ Kinds:
 - temporal: shapes appear in order, move, change colour, or blink (order, direction, final
   colour, repetition questions);
 - needle: a long stretch of grey distractors with one coloured shape shown for a few seconds;
+- detail: 4-6 shapes in a 3 x 3 grid, asked what averaging cannot keep (synth/detail.py);
 - long: the same grey stretch with several brief coloured events far apart (which came first,
   how many times, what colour at the start and at the end).
 Needle and long scenes record, in `facts`, the frames each event was shown on and the
@@ -28,11 +29,11 @@ DISTRACTOR = (150, 150, 150)  # grey: never one of COLORS
 SHAPES = ("circle", "square", "triangle")
 # a region per position word: centre (x, y) as fractions of the frame
 REGIONS = {"left": (0.2, 0.5), "right": (0.8, 0.5), "top": (0.5, 0.2), "bottom": (0.5, 0.8)}
-NUMBERS = ["zero", "one", "two", "three", "four", "five"]
-KINDS = ("frame", "temporal", "needle", "long")
+NUMBERS = ["zero", "one", "two", "three", "four", "five", "six"]
+KINDS = ("frame", "temporal", "needle", "long", "detail")  # mix draws from the first three
 QUESTION_TYPES = ("color", "shape", "count", "position", "exists", "order", "direction", "final_color",
                   "start_color", "repeat", "needle_shape", "needle_color", "long_order", "long_repeat",
-                  "long_final_color", "long_start_color")
+                  "long_final_color", "long_start_color", "detail_left", "detail_smallest", "detail_count")
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def score_qa(model: VocoModel, folder: Path, compressor: str = "voco", module=No
             score.by_type[t][0] += ok
             score.by_type[t][1] += 1
             score.predictions.append({"id": e.get("id"), "question": e["question"], "answer": e["answer"],
-                                      "pred": pred, "correct": bool(ok)})
+                                      "type": t, "pred": pred, "correct": bool(ok)})
         if progress:
             progress(min(s + videos_per_batch, len(vids)), len(vids))
     return score
