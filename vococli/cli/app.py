@@ -14,6 +14,7 @@ import typer
 from vococli.cli.answering import ask, chat
 from vococli.cli.bench import bench_command
 from vococli.cli.common import err
+from vococli.cli.cluster import compress_many
 from vococli.cli.compress import compress, info
 from vococli.cli.eval import eval_command, score_command
 from vococli.cli.serve import serve
@@ -42,6 +43,7 @@ def _options(version: bool = typer.Option(False, "--version", "-V", metavar="", 
 
 # each command lives in the module of its concern; registered here, in --help order
 app.command()(compress)
+app.command("compress-many")(compress_many)
 app.command()(ask)
 app.command()(chat)
 app.command()(info)

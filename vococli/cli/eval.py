@@ -6,6 +6,7 @@ Each is a thin layer over eval_run / eval_score; cli.py registers them on the `v
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -58,6 +59,11 @@ def eval_command(
     evidence: bool = typer.Option(False, "--evidence", help="Record in each prediction the frames the answer drew "
                                   "on (timestamps with weights; decodes with the dynamic path unless --decode "
                                   "static)."),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Answer on Ray workers: local (a "
+                                      "Ray instance on this machine, loopback only), auto (the running cluster) "
+                                      "or HOST:PORT; needs pip install 'vococli[ray]'."),
+    workers: int = typer.Option(2, help="Ray workers, each with the model loaded (with --ray)."),
+    gpus_per_worker: float = typer.Option(0.0, help="GPUs each Ray worker takes (with --ray)."),
 ):
     """Answer a video QA benchmark: each video compressed once, every answer saved as it is made.
 
@@ -88,6 +94,8 @@ def eval_command(
     if not videos.is_dir():
         raise UserError(f"{videos}: videos folder not found")
     check_run_folder(out_dir, cache_dir or out_dir / "caches")
+    if ray is not None:
+        check_ray(workers)
     items, detected = read_questions(dataset, qa=qa, questions=questions, answers=answers, fmt=fmt,
                                      mapping=mapping)
     items = items[:limit] if limit else items
@@ -104,6 +112,16 @@ def eval_command(
                      max_new_tokens=max_new_tokens, batch_size=batch_size, decode=decode, cache_dtype=cache_dtype,
                      retry_errors=retry_errors, evidence=evidence)
     quiet_transformers()
+    if ray is not None:
+        from vococli.cluster.eval_ray import run_eval_ray
+        from vococli.cluster.workers import WorkerSettings
+
+        per_worker = threads if threads is not None else max(1, n_threads // workers)
+        settings = WorkerSettings(model_folder, None if device == "auto" else device, dtype, weights, per_worker,
+                                  gpus_per_worker)
+        with progress_for_eval(len(items)) as (on_video, on_item):
+            summary = run_eval_ray(settings, items, cfg, annotations, detected, ray, workers, on_video, on_item)
+        return report_summary(summary, out_dir, as_json)
     if weights == "int4":
         dev = resolve_device(device)
         check_int4_target(dev, resolve_dtype(dtype, dev))  # before the model loads
@@ -111,18 +129,37 @@ def eval_command(
     # the 4-bit answerer shares the embeddings and head with the compressing model; only the
     # decoder's Linear weights are held twice (in full and in 4-bit)
     answerer = answering_model(m, weights) if weights != "full" else None
+    with progress_for_eval(len(items)) as (on_video, on_item):
+        summary = run_eval(m, items, cfg, annotations, detected, on_video=on_video, on_item=on_item,
+                           notice=lambda s: err.print(s), answerer=answerer)
+    report_summary(summary, out_dir, as_json)
+
+
+def check_ray(workers: int) -> None:
+    """Ray importable and a sensible --workers, before anything heavy is imported."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UserError("--ray needs Ray, which is not installed: pip install 'vococli[ray]'")
+    if workers < 1:
+        raise UserError("--workers must be at least 1")
+
+
+@contextmanager
+def progress_for_eval(questions: int):
+    """The videos and questions bars; yields their (on_video, on_item) callbacks."""
     progress = Progress(TextColumn("[bold]{task.description:>9}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err,
                         disable=not err.is_terminal)
     with progress:
         vt = progress.add_task("videos", total=None, rate="")
-        qt = progress.add_task("questions", total=len(items), rate="")
+        qt = progress.add_task("questions", total=questions, rate="")
         v_rate, q_rate = Rate(), Rate()
-        summary = run_eval(
-            m, items, cfg, annotations, detected,
-            on_video=lambda d, n: progress.update(vt, completed=d, total=n, rate=v_rate(d)),
-            on_item=lambda d, n: progress.update(qt, completed=d, total=n, rate=q_rate(d)),
-            notice=lambda s: err.print(s), answerer=answerer)
+        yield (lambda d, n: progress.update(vt, completed=d, total=n, rate=v_rate(d)),
+               lambda d, n: progress.update(qt, completed=d, total=n, rate=q_rate(d)))
+
+
+def report_summary(summary, out_dir: Path, as_json: bool) -> None:
     all_failed = summary.errors and not summary.answered and summary.errors == summary.questions - summary.already_done
     failed = UserError(f"{out_dir}: every question of this run failed ({summary.errors}; the first: "
                        f"{summary.first_error}); they are in predictions.jsonl")

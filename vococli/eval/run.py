@@ -19,7 +19,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
@@ -102,13 +102,17 @@ def run_eval(model: VocoModel, items: list[QAItem], cfg: EvalConfig, annotations
     lock = lock_folder(cfg.out, "another vococli eval is writing this run folder; wait for it to finish or "
                        "choose another --out")
     try:
-        return _run_locked(model, answerer, items, cfg, annotations, fmt, on_video, on_item, notice, t0)
+        return run_locked(InProcess(model, answerer, cfg, notice), items, cfg, annotations, fmt, on_video, on_item,
+                          t0)
     finally:
         lock.release()
 
 
-def _run_locked(model, answerer, items, cfg, annotations, fmt, on_video, on_item, notice, t0) -> EvalSummary:
-    record = run_record(model, cfg, annotations, fmt, answerer)
+def run_locked(backend, items: list[QAItem], cfg: EvalConfig, annotations: list[Path], fmt: str, on_video,
+               on_item, t0: float) -> EvalSummary:
+    """The run in a folder this process holds: what is done, what to ask again, then every
+    video's lines as `backend` (InProcess, or eval/ray_run.py's workers) answers them."""
+    record = backend.record(annotations, fmt)
     run_file, pred_file = cfg.out / RUN_FILE, cfg.out / PREDICTIONS
     if run_file.exists():
         check_same_run(run_file, record)
@@ -147,26 +151,16 @@ def _run_locked(model, answerer, items, cfg, annotations, fmt, on_video, on_item
         for q in [it for it in todo if it.problem]:  # entries that cannot be asked: no video is opened
             fail(q, {"video": q.video}, q.problem, "question")
         groups = group_by_video([it for it in todo if not it.problem])
-        for v_i, (name, questions) in enumerate(groups):
+        for v_i, (name, rows, stats) in enumerate(backend.answer_groups(groups)):
             if on_video:
                 on_video(v_i, len(groups))
             summary.videos += 1
-            session, base, error = _open_video(model, answerer, name, questions, cfg, summary, notice)
-            if error is not None:  # the video itself is missing or unusable: its questions' error
-                state = video_state(cfg.videos, name, cfg.dataset)
-                for q in questions:
-                    fail(q, base, error, "video", video_state=state)
-                continue
-            gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
-            for q in questions:
-                session.reset()
-                ans = _machine_problems(lambda: session.ask(q.question + cfg.suffix, gen, evidence=cfg.evidence),
-                                        f"answering {q.id!r}")
-                log.write({"id": q.id, **base, "question": q.question, "answer": q.answer, "pred": ans.text,
-                           **({"type": q.type} if q.type else {}), "answer_s": round(ans.total_s, 4),
-                           "ttft_s": round(ans.time_to_first_token_s, 4), "answer_tokens": len(ans.token_ids),
-                           **({"evidence": ans.evidence.top()} if ans.evidence is not None else {})})
-                count(n_answered=1)
+            for row in rows:
+                log.write(row)
+                if "error" in row:
+                    summary.first_error = summary.first_error or row["error"]
+                count(n_answered="error" not in row, n_errors="error" in row)
+            summary.frames_compressed += stats.computed
         if on_video:
             on_video(len(groups), len(groups))
     finally:
@@ -175,7 +169,50 @@ def _run_locked(model, answerer, items, cfg, annotations, fmt, on_video, on_item
     return summary
 
 
-def _open_video(model, answerer, name: str, questions: list[QAItem], cfg: EvalConfig, summary: EvalSummary,
+@dataclass
+class VideoStats:
+    computed: int = 0  # frames compressed for this video (0 when its cache existed)
+
+
+class InProcess:
+    """Answers every video in this process, one after another (the default of `eval`)."""
+
+    def __init__(self, model: VocoModel, answerer: VocoModel, cfg: EvalConfig, notice):
+        self.model, self.answerer, self.cfg, self.notice = model, answerer, cfg, notice
+
+    def record(self, annotations: list[Path], fmt: str) -> dict:
+        return run_record(self.model, self.cfg, annotations, fmt, self.answerer)
+
+    def answer_groups(self, groups):
+        for name, questions in groups:
+            stats = VideoStats()
+            yield name, answer_video(self.model, self.answerer, name, questions, self.cfg, stats, self.notice), stats
+
+
+def answer_video(model: VocoModel, answerer: VocoModel, name: str, questions: list[QAItem], cfg: EvalConfig,
+                 stats: VideoStats, notice) -> Iterator[dict]:
+    """The predictions.jsonl lines of one video's questions, each as soon as it is answered (or
+    every question's error line when the video cannot be used). Machine problems are raised."""
+    session, base, error = _open_video(model, answerer, name, questions, cfg, stats, notice)
+    if error is not None:  # the video itself is missing or unusable: its questions' error
+        state = video_state(cfg.videos, name, cfg.dataset)
+        for q in questions:
+            yield {"id": q.id, **base, "question": printable(q.question), "answer": printable(q.answer),
+                   **({"type": q.type} if q.type else {}), "error": error, "error_kind": "video",
+                   "video_state": state}
+        return
+    gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
+    for q in questions:
+        session.reset()
+        ans = _machine_problems(lambda: session.ask(q.question + cfg.suffix, gen, evidence=cfg.evidence),
+                                f"answering {q.id!r}")
+        yield {"id": q.id, **base, "question": q.question, "answer": q.answer, "pred": ans.text,
+               **({"type": q.type} if q.type else {}), "answer_s": round(ans.total_s, 4),
+               "ttft_s": round(ans.time_to_first_token_s, 4), "answer_tokens": len(ans.token_ids),
+               **({"evidence": ans.evidence.top()} if ans.evidence is not None else {})}
+
+
+def _open_video(model, answerer, name: str, questions: list[QAItem], cfg: EvalConfig, stats: VideoStats,
                 notice) -> tuple[Session | None, dict, str | None]:
     """The session over the video's cache (compressed first when needed), the fields its lines
     share, and the video's own error (None when it opened). Machine problems are raised."""
@@ -186,7 +223,7 @@ def _open_video(model, answerer, name: str, questions: list[QAItem], cfg: EvalCo
         cache, computed = _machine_problems(lambda: compressed_cache(model, path, cfg.caches, cfg.sampling,
                                                                      cfg.cache_dtype, cfg.batch_size, notice=notice),
                                             f"compressing {name}")
-        summary.frames_compressed += computed
+        stats.computed += computed
         base["compress_s"] = round(time.perf_counter() - tc, 3)
         reserve = max(prompt_length(model, q.question + cfg.suffix) for q in questions) + cfg.max_new_tokens
         session = _machine_problems(lambda: open_for_answering(cache, answerer, reserve, cfg.decode, subsample=True,
