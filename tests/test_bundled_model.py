@@ -86,8 +86,8 @@ def test_a_missing_model_folder_from_the_environment_is_named_as_such(monkeypatc
     assert default_model_path() == "org/name"
 
 
-OLD_CACHE = ROOT / "tests" / "data" / "caches" / "shapes_demo-v1.voco"  # written by vococli 0.1.0 before
-# caches recorded their model family and compressor
+OLD_CACHE = ROOT / "tests" / "data" / "caches" / "shapes_demo-v1.voco"  # in the format vococli 0.1.0 wrote before
+# caches recorded their model family and compressor (its tensors made again with the current bundled model)
 
 
 def test_a_cache_written_before_the_family_and_compressor_fields_still_answers(bundled, tmp_path):

@@ -18,6 +18,7 @@ Times are medians of `repeats` runs after a warm-up, taken with synchronised tim
 from __future__ import annotations
 
 import tempfile
+import importlib
 import time
 from pathlib import Path
 from typing import Callable
@@ -233,19 +234,14 @@ def run_bench(cfg: BenchConfig, report: Callable[[str, object], None] = lambda k
         return value
 
     ceil = section("ceilings", lambda: ceilings(cfg)) if "ceilings" in cfg.sections else {}
-    if "startup" in cfg.sections:
-        from vococli.bench.startup import startup_times
-
-        section("startup", lambda: startup_times(cfg.repeats))
-    if "serve" in cfg.sections:
-        from vococli.bench.serving import serve_load
-
-        section("serve", lambda: serve_load())
-    if "evidence" in cfg.sections:
-        from vococli.bench.evidence import evidence_overhead
-
-        section("evidence", lambda: evidence_overhead(cfg))
-    if not set(cfg.sections) - {"ceilings", "startup", "serve", "evidence"}:  # no section that needs a preset model
+    model_free = {"startup": ("vococli.bench.startup", "startup_times", (cfg.repeats,)),
+                  "serve": ("vococli.bench.serving", "serve_load", ()),
+                  "evidence": ("vococli.bench.evidence", "evidence_overhead", (cfg,)),
+                  "ray": ("vococli.bench.cluster", "ray_scaling", ())}  # the default model, not the preset
+    for name, (module, fn, args) in model_free.items():
+        if name in cfg.sections:
+            section(name, lambda: getattr(importlib.import_module(module), fn)(*args))
+    if not set(cfg.sections) - {"ceilings", *model_free}:  # no section that needs a preset model
         return result
     t0 = time.perf_counter()
     model = random_model(cfg.preset, cfg.device, cfg.dtype, cfg.voco_tokens)

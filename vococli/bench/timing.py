@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-SECTIONS = ("ceilings", "vision", "stage1", "compress", "table7", "long", "evidence", "startup", "serve")
+SECTIONS = ("ceilings", "vision", "stage1", "compress", "table7", "long", "evidence", "ray", "startup", "serve")
 # startup, serve and evidence time the commands, the server and --evidence with the default model, not the
 # preset: asked for by name
 

@@ -39,7 +39,8 @@ def bench_command(
                                  "(`--decode compiled`) on the longest cache, and stage 1 and the end-to-end "
                                  "compress with stage 1's layers compiled."),
     sections: str = typer.Option(",".join(("ceilings", "vision", "stage1", "compress", "table7", "long")),
-                                 help="Comma-separated sections to run; also evidence (what --evidence costs), startup (the commands' start-up "
+                                 help="Comma-separated sections to run; also evidence (what --evidence costs), ray (compress-many on 1 "
+                                 "and 2 Ray workers against one process), startup (the commands' start-up "
                                  "against `import torch`) and serve (16 clients against `vococli serve`), both "
                                  "with the default model."),
     save: Optional[Path] = typer.Option(None, help="Also write the results to this JSON file."),
@@ -190,6 +191,12 @@ def print_section(name: str, value) -> None:
                          [("method", "method"), ("cached_tokens", "cached tokens"), ("cache_mib", "cache MiB"),
                           ("first_token_ms", "first token ms"), ("first_token_vs_baseline", "vs (a)"),
                           ("answer_ms", "answer ms"), ("vs_baseline", "vs (a)"), ("peak_gib", "extra GiB")]))
+    elif name == "ray":
+        wide.print(_table(f"compress-many of {value['clips']} 60-s clips ({value['cpus']} CPUs)", value["rows"],
+                          [("how", "how"), ("workers", "workers"), ("threads_per_worker", "threads each"),
+                           ("start_s", "worker start s"), ("videos_s", "videos s"), ("per_video_ms", "ms/video"),
+                           ("speed_vs_one_process", "vs one process")]))
+        out.print(f"Ray adds {value['ray_overhead_per_video_ms']} ms per video (1 worker against one process)")
     elif name == "evidence":
         wide.print(_table("What --evidence costs (dynamic path, same answers)", value,
                           [("minutes", "minutes"), ("frames", "frames"), ("answer_tokens", "tokens"),

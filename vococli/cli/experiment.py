@@ -87,7 +87,7 @@ def experiment_table1(
     threads_per_run: int = typer.Option(2, help="CPU threads of each variant's training."),
     preset: str = typer.Option("synth-v2", help="Architecture of the base model (a `train --init` preset)."),
 ):
-    """Our Table 1: the upper bound, VoCo K=1/2/4/8/16, avg-pool K=1/8 and a Q-Former K=1 on one budget
+    """Our Table 1: the upper bound, VoCo K=1/2/4/8/9, avg-pool K=1/8 and a Q-Former K=1 on one budget
     from one causal base; scored with the lower bound on single-frame, temporal and detail questions.
 
     Writes results.md (the table with 95% intervals, the command, the time, the machine) and

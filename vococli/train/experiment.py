@@ -7,7 +7,7 @@ On synthetic data it controls, with one budget for every variant:
 2. train a base model with the causal mask (text sees the image) through the curriculum of the
    bundled model: the shape question alone, then everything twice (`base_stages`);
 3. continue from it for the same number of steps each (`STAGE_RUNS`): the upper bound (causal
-   mask), VoCo with K = 1, 2, 4, 8, 16, average pooling + linear with K = 1 and 8, and the
+   mask), VoCo with K = 1, 2, 4, 8, 9, average pooling + linear with K = 1 and 8, and the
    Q-Former-style baseline with K = 1;
 4. score every model on held-out single-frame, temporal and detail questions, and the lower
    bound (the upper-bound model asked through only its VoCo tokens); short needles;
@@ -66,7 +66,7 @@ STAGE_RUNS = {
     "voco_k2": ["--voco-tokens", "2"],
     "voco_k4": ["--voco-tokens", "4"],
     "voco_k8": ["--voco-tokens", "8"],
-    "voco_k16": ["--voco-tokens", "16"],
+    "voco_k9": ["--voco-tokens", "9"],
     "avgpool_k1": ["--compressor", "avgpool", "--voco-tokens", "1"],
     "avgpool_k8": ["--compressor", "avgpool", "--voco-tokens", "8"],
     "qformer_k1": ["--compressor", "qformer", "--voco-tokens", "1"],

@@ -23,7 +23,7 @@ from vococli.train.experiment import EVAL_SETS, SEEDS, STAGE_RUNS, Table1Config,
 # the paper's Table 1/2 retention (LLaVA-1.5-7B): VoCo by K, and the external compressors at K=1
 PAPER = {"voco": {1: 83.7, 8: 91.3, 128: 97.7}, "avgpool_k1": 64.1, "qformer_k1": 57.2}
 LABELS = {"upper": "Upper bound (text sees all image tokens)", "voco_k1": "VoCo, K=1", "voco_k2": "VoCo, K=2",
-          "voco_k4": "VoCo, K=4", "voco_k8": "VoCo, K=8", "voco_k16": "VoCo, K=16",
+          "voco_k4": "VoCo, K=4", "voco_k8": "VoCo, K=8", "voco_k9": "VoCo, K=9 (every image token)",
           "avgpool_k1": "Avg. pool + linear, K=1", "avgpool_k8": "Avg. pool + linear, K=8",
           "qformer_k1": "Q-Former (1 block), K=1", "lower": "Lower bound (upper-bound model, VoCo tokens only)"}
 SET_NAMES = {"eval_frame": "single-frame", "eval_temporal": "temporal", "eval_detail": "detail"}
@@ -88,7 +88,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _bits(results: dict, row: str, s: str, mask: np.ndarray | None = None) -> np.ndarray | None:
