@@ -140,9 +140,8 @@ def run_locked(backend, items: list[QAItem], cfg: EvalConfig, annotations: list[
         if on_item:
             on_item(summary.already_done + summary.answered + summary.errors, len(items))
 
-    def fail(q: QAItem, base: dict, error: str, kind: str, **extra) -> None:
-        log.write({"id": q.id, **base, "question": printable(q.question), "answer": printable(q.answer),
-                   **({"type": q.type} if q.type else {}), "error": error, "error_kind": kind, **extra})
+    def fail(q: QAItem, base: dict, error: str, kind: str) -> None:
+        log.write(error_line(q, base, error, kind))
         summary.first_error = summary.first_error or error
         count(n_errors=1)
 
@@ -189,6 +188,12 @@ class InProcess:
             yield name, answer_video(self.model, self.answerer, name, questions, self.cfg, stats, self.notice), stats
 
 
+def error_line(q: QAItem, base: dict, error: str, kind: str, **extra) -> dict:
+    """The predictions.jsonl line of a question that could not be answered."""
+    return {"id": q.id, **base, "question": printable(q.question), "answer": printable(q.answer),
+            **({"type": q.type} if q.type else {}), "error": error, "error_kind": kind, **extra}
+
+
 def answer_video(model: VocoModel, answerer: VocoModel, name: str, questions: list[QAItem], cfg: EvalConfig,
                  stats: VideoStats, notice) -> Iterator[dict]:
     """The predictions.jsonl lines of one video's questions, each as soon as it is answered (or
@@ -197,9 +202,7 @@ def answer_video(model: VocoModel, answerer: VocoModel, name: str, questions: li
     if error is not None:  # the video itself is missing or unusable: its questions' error
         state = video_state(cfg.videos, name, cfg.dataset)
         for q in questions:
-            yield {"id": q.id, **base, "question": printable(q.question), "answer": printable(q.answer),
-                   **({"type": q.type} if q.type else {}), "error": error, "error_kind": "video",
-                   "video_state": state}
+            yield error_line(q, base, error, "video", video_state=state)
         return
     gen = GenerationConfig(max_new_tokens=cfg.max_new_tokens)
     for q in questions:

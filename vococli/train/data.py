@@ -189,15 +189,27 @@ class Batch:
                      self.video.to(device), self.targets.to(device))
 
 
-def make_batch(items: list[MediaItem], store: FrameStore, pad_id: int) -> Batch:
-    pixels = [store.pixels(it) for it in items]
-    convs = [(i, c) for i, it in enumerate(items) for c in it.conversations]
+def pad_token(model: VocoModel) -> int:
+    """The id texts are right-padded with: the tokenizer's pad token, else end-of-sequence."""
+    tok = model.tokenizer
+    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+
+def pad_conversations(convs: list[tuple[int, Conversation]], pad_id: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(video index, conversation) pairs -> ids and targets (B, N) right-padded, lengths (B,), video (B,)."""
     n = max(len(c.ids) for _, c in convs)
     ids = torch.full((len(convs), n), pad_id, dtype=torch.long)
     targets = torch.full((len(convs), n), IGNORE, dtype=torch.long)
     for row, (_, c) in enumerate(convs):
         ids[row, :len(c.ids)] = torch.tensor(c.ids)
         targets[row, :len(c.targets)] = torch.tensor(c.targets)
-    return Batch(pixels=torch.cat(pixels), n_frames=[p.shape[0] for p in pixels], ids=ids,
-                 lengths=torch.tensor([len(c.ids) for _, c in convs]),
-                 video=torch.tensor([i for i, _ in convs]), targets=targets)
+    return ids, targets, torch.tensor([len(c.ids) for _, c in convs]), torch.tensor([v for v, _ in convs])
+
+
+def make_batch(items: list[MediaItem], store: FrameStore, pad_id: int) -> Batch:
+    pixels = [store.pixels(it) for it in items]
+    ids, targets, lengths, video = pad_conversations(
+        [(i, c) for i, it in enumerate(items) for c in it.conversations], pad_id)
+    return Batch(pixels=torch.cat(pixels), n_frames=[p.shape[0] for p in pixels], ids=ids, lengths=lengths,
+                 video=video, targets=targets)

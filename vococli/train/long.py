@@ -32,8 +32,8 @@ from vococli.eval.formats import SHORT_ANSWER_SUFFIX
 from vococli.families.base import VocoModel
 from vococli.synth.clips import VIDEO_PROMPT
 from vococli.synth.scenes import BACKGROUNDS, SHAPES, Distractor, Scene, draw, long_scene, needle_scene
-from vococli.train.data import encode_conversation
-from vococli.train.forward import IGNORE, FrameState, frame_kv
+from vococli.train.data import encode_conversation, pad_conversations, pad_token
+from vococli.train.forward import FrameState, frame_kv
 
 ANGLES = 48  # bank angles per distractor circle: 7.5 degrees, about 1 px of the distractor's travel
 LONG_KINDS = ("needle", "long")
@@ -191,12 +191,5 @@ def assemble(model: VocoModel, bank: GreyBank, scenes: list[Scene], rng: np.rand
         values.append(gv[layer].new_zeros(shape).index_put((at_grey,), bv).index_put((at_grad,), gv[layer]))
     counts = torch.tensor([len(s.frames) for s in scenes], device=device)
     state = FrameState(keys=keys, values=values, first_frame=counts.cumsum(0) - counts, n_frames=counts)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else model.tokenizer.eos_token_id
-    width = max(len(c.ids) for _, c in convs)
-    ids = torch.full((len(convs), width), pad, dtype=torch.long)
-    targets = torch.full((len(convs), width), IGNORE, dtype=torch.long)
-    for row, (_, c) in enumerate(convs):
-        ids[row, :len(c.ids)] = torch.tensor(c.ids)
-        targets[row, :len(c.targets)] = torch.tensor(c.targets)
-    return LongBatch(state, ids.to(device), torch.tensor([len(c.ids) for _, c in convs], device=device),
-                     torch.tensor([v for v, _ in convs], device=device), targets.to(device))
+    ids, targets, lengths, video = pad_conversations(convs, pad_token(model))
+    return LongBatch(state, ids.to(device), lengths.to(device), video.to(device), targets.to(device))

@@ -32,7 +32,7 @@ from vococli.choices import TrainMask, check
 from vococli.errors import UserError
 from vococli.threads import check_threads, use_threads
 from vococli.families.base import VocoModel
-from vococli.train.data import FrameStore, MediaItem, epoch_batches, make_batch, read_training_file
+from vococli.train.data import FrameStore, MediaItem, epoch_batches, make_batch, pad_token, read_training_file
 from vococli.train.resume import check_resume_settings, resumed_from_command
 from vococli.video.sampling import Sampling
 from vococli.train.checkpoint import (TRAINER_DIR, build_model, current_save, load_optimizer, save_all, state_file,
@@ -178,9 +178,7 @@ def _train(cfg: TrainConfig, resume: bool, on_step, notice, given) -> TrainState
         load_optimizer(opt, current_save(out) / TRAINER_DIR / "optimizer.safetensors")
     store = FrameStore(model.image, Sampling(fps=cfg.fps, max_frames=cfg.max_frames), keep=cfg.keep_frames)
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
-    pad = model.tokenizer.pad_token_id
-    if pad is None:
-        pad = model.tokenizer.eos_token_id
+    pad = pad_token(model)
     batches = epoch_batches(items, cfg.batch_size, cfg.seed, st.epoch)
     long = LongContext(cfg, model, module, device) if cfg.long_max else None
     out.mkdir(parents=True, exist_ok=True)
