@@ -81,11 +81,11 @@ def test_registries_list_what_ships_and_refuse_unknown_names():
     from vococli.errors import UserError
     from vococli.families import family_names, get_family
 
-    assert family_names() == ["llava_llama"] and compressor_names() == ["voco", "full", "avgpool", "qformer"]
+    assert family_names() == ["llava_llama"] and compressor_names() == ["voco", "full", "avgpool", "qformer", "pool"]
     with pytest.raises(UserError, match="^model family 'qwen9': choose one of llava_llama$"):
         get_family("qwen9")
-    with pytest.raises(UserError, match="^compressor 'pool': choose one of voco, full, avgpool, qformer$"):
-        get_compressor("pool")
+    with pytest.raises(UserError, match="^compressor 'grid': choose one of voco, full, avgpool, qformer, pool$"):
+        get_compressor("grid")
 
 
 def test_a_registered_compressor_is_used_by_training_masks():

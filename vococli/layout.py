@@ -11,6 +11,8 @@ followed by text:
   Which rows and which visible tokens are the compressor's (vococli.compressors): `full` lets
   text see every frame token (the upper bound), `avgpool` fills the K slots with pooled image
   features that never see the image.
+- In the stock layout (`BOS | slot x K`, `bos_visible`: the pool and full compressors) text
+  also sees the first frame's BOS, which sits at position 0.
 - Frame t's tokens sit at positions `arange(frame_len) + t*K`, so its VoCo token j is at
   `c0 + t*K + j`; text starts at `c0 + T*K`. For T=1 this is the single-image VoCo layout.
 """
@@ -52,6 +54,8 @@ def voco_allowed(layout: VocoLayout, n_frames: int, text_len: int,
     inside = frame_allowed(layout, compressor).repeat(n_frames, n_frames)
     allowed[:n_vis, :n_vis] = same_frame & inside
     allowed[n_vis:, :n_vis] = text_visible(layout, compressor).repeat(n_frames)[None, :]
+    if layout.bos_visible and n_frames:  # the stock layout: text also sees the first frame's BOS
+        allowed[n_vis:, 0] = True
     allowed[n_vis:, n_vis:] = True
     return allowed & causal
 

@@ -115,7 +115,7 @@ class StaticBuffer(KVBuffer):
         if compile:
             allow_recompiles(COMPILED_WIDTHS)
             self.step_forward = torch.compile(model.lm, dynamic=False)
-        self.base = video.n_frames * model.layout.k
+        self.base = video.tokens(model)
         self.width = self.base
         self.cache = None
 

@@ -32,11 +32,16 @@ def open_for_answering(cache: str | Path | VideoCache, model: str | Path | VocoM
     from vococli.answer.paths import open_session
     from vococli.cache.chunks import load_cache, read_info
     from vococli.cache.kv import fit_to_context
+    from vococli.errors import UserError
     from vococli.families.loading import load_model
 
+    meta = read_info(cache).meta if isinstance(cache, (str, Path)) else None  # the cache is checked first
     if isinstance(model, (str, Path)):
-        k = read_info(cache).meta.k if isinstance(cache, (str, Path)) else None  # the cache is checked first
-        model = load_model(model, device=device, dtype=dtype, vision=False, weights=weights, voco_tokens=k)
+        model = load_model(model, device=device, dtype=dtype, vision=False, weights=weights,
+                           voco_tokens=meta.k if meta else None, compressor=meta.compressor if meta else None)
+    elif meta is not None and (meta.compressor, meta.k) != (model.compressor, model.layout.k):
+        raise UserError(f"{cache}: made with the {meta.compressor} compressor keeping {meta.k} tokens per frame; "
+                        f"the loaded model uses {model.compressor} with {model.layout.k}")
     video = load_cache(cache, fingerprint=model.fingerprints) if isinstance(cache, (str, Path)) else cache
     room = reserve(model) if callable(reserve) else reserve
     video = fit_to_context(model, video, room, subsample, notice=notice)

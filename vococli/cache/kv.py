@@ -2,7 +2,10 @@
 
 Frames are compressed at the canonical offset; at load time frame t's keys are rotated by t*K
 positions (values unchanged) and all frames are concatenated, so frame t's VoCo token j sits at
-`c0 + t*K + j` and text starts at `c0 + T*K` (see layout.py).
+`c0 + t*K + j` and text starts at `c0 + T*K` (see layout.py). In the stock layout of the pool
+and full compressors the text also sees BOS at position 0: its keys/values depend on the language
+model alone, so they are computed when the cache is opened and follow the frames' (attention
+does not depend on the order of the keys, only on their positions).
 """
 
 from __future__ import annotations
@@ -53,6 +56,10 @@ class VideoCache:
             v = dequantize_int8(v, self.value_scales[i].to(dev))
         return k, v
 
+    def tokens(self, model: VocoModel) -> int:
+        """Keys/values this cache puts before the text: T*K, plus BOS in the stock layout."""
+        return self.n_frames * model.layout.k + int(model.layout.bos_visible)
+
     def layer_states(self, model: VocoModel):
         """Per layer, keys rotated to their temporal positions and values, as (1, Hkv, T*K, D) on the
         model's device in its dtype. One layer is rotated at a time, so the float32 work space is
@@ -61,6 +68,7 @@ class VideoCache:
         if self.keys.shape[3] != k:
             raise UserError(f"the cache holds {self.keys.shape[3]} VoCo tokens per frame, the model uses {k}")
         dev, dt = model.device, model.dtype
+        bos = bos_states(model) if model.layout.bos_visible else None
         shift = torch.arange(self.n_frames, device=dev) * k
         n_layers, t, h, _, d = self.keys.shape
         for i in range(n_layers):
@@ -69,6 +77,8 @@ class VideoCache:
             # (T, Hkv, K, D) -> (1, Hkv, T*K, D): frame-major along the sequence axis
             ki = ki.to(dt).permute(1, 0, 2, 3).reshape(1, h, t * k, d)
             vi = vi.to(dt).permute(1, 0, 2, 3).reshape(1, h, t * k, d)
+            if bos is not None:
+                ki, vi = torch.cat([ki, bos.layers[i].keys], dim=2), torch.cat([vi, bos.layers[i].values], dim=2)
             yield ki, vi
 
     def past_key_values(self, model: VocoModel) -> DynamicCache:
@@ -77,6 +87,16 @@ class VideoCache:
         for i, (ki, vi) in enumerate(self.layer_states(model)):
             cache.update(ki, vi, i)
         return cache
+
+
+@torch.inference_mode()
+def bos_states(model: VocoModel) -> DynamicCache:
+    """BOS alone at position 0 through the answering model: the keys/values of the first frame's
+    BOS (it sees nothing else), which text sees in the stock layout."""
+    cache = DynamicCache(config=model.text_config)
+    ids = torch.tensor([[model.layout.bos_id]], device=model.device)
+    model.language_model(input_ids=ids, position_ids=torch.zeros_like(ids), cache=cache, use_cache=True)
+    return cache
 
 
 def positions_needed(model: VocoModel, n_frames: int, extra_tokens: int) -> int:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from vococli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, err, model_path, out, progress_bar,
+from vococli.cli.common import (CompressorOpt, DeviceOpt, PoolOpt, DtypeOpt, ModelOpt, ThreadsOpt, err, model_path, out, progress_bar,
                                 quiet_transformers, threads_for)
 from vococli.errors import UserError
 
@@ -25,6 +25,8 @@ def compress_many(
     max_frames: Optional[int] = typer.Option(None, help="Cap on frames per video (spread evenly)."),
     batch_size: Optional[int] = typer.Option(None, help="Frames per forward pass (default: automatic)."),
     cache_dtype: str = typer.Option("auto", help="Storage of the cached keys/values: auto or int8."),
+    compressor: Optional[str] = CompressorOpt,
+    pool: Optional[int] = PoolOpt,
     ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Compress on Ray workers: local (a Ray "
                                       "instance on this machine, loopback only), auto (the running cluster) or "
                                       "HOST:PORT; without it, one process here. Needs pip install 'vococli[ray]'."),
@@ -62,7 +64,7 @@ def compress_many(
     with progress_bar("compress") as bar:
         task = bar.add_task("videos", total=len(files), rate="")
         results = run(files, out_dir, folder, sampling, cache_dtype, batch_size, ray, workers, per_worker,
-                      gpus_per_worker, None if device == "auto" else device, dtype,
+                      gpus_per_worker, None if device == "auto" else device, dtype, compressor, pool,
                       on_result=lambda r, done, total: bar.update(task, completed=done))
     errors = [r for r in results if "error" in r]
     if as_json:

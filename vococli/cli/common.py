@@ -12,6 +12,10 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint folder (or hub id when online).")
+CompressorOpt = typer.Option(None, help="What each frame keeps: voco (the default for VoCo checkpoints), pool "
+                             "(image tokens averaged to G x G: the default for checkpoints that never learned VoCo) "
+                             "or full (every image token).")
+PoolOpt = typer.Option(None, help="G of --compressor pool (default 4, at most the frame's grid).")
 DeviceOpt = typer.Option("auto", help="cpu, cuda, cuda:1 ... (auto: GPU when present).")
 DtypeOpt = typer.Option("auto", help="float32, bfloat16 or float16 (auto: bf16 on GPU, fp32 on CPU).")
 DecodeOpt = typer.Option("auto", help="Answering path: dynamic (growing cache), static (pre-allocated cache), "

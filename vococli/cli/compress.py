@@ -8,13 +8,14 @@ from typing import Optional
 
 import typer
 
-from vococli.cli.common import (DeviceOpt, DtypeOpt, ModelOpt, ThreadsOpt, compress_progress, err, model_path, out,
+from vococli.cli.common import (CompressorOpt, DeviceOpt, PoolOpt, DtypeOpt, ModelOpt, ThreadsOpt, compress_progress, err, model_path, out,
                                 quiet_transformers, threads_for)
 from vococli.errors import UserError
 
 
 def compress(
-    video: Path = typer.Argument(..., help="Video file (mp4, mkv, webm, avi, mov ...)."),
+    video: Path = typer.Argument(..., help="Video file (mp4, mkv, webm, avi, mov ...) or image (jpg, png ...): "
+                                 "an image makes a one-frame cache."),
     output: Optional[Path] = typer.Option(None, "--out", "-o", help="Cache folder (default: VIDEO with .voco)."),
     output_alias: Optional[Path] = typer.Option(None, "--output", hidden=True, help="The same as --out (an older "
                                                 "spelling)."),
@@ -24,6 +25,8 @@ def compress(
     start: float = typer.Option(0.0, help="Start time in seconds."),
     end: Optional[float] = typer.Option(None, help="End time in seconds (default: end of video)."),
     voco_tokens: Optional[int] = typer.Option(None, help="VoCo tokens per frame (default: the checkpoint's)."),
+    compressor: Optional[str] = CompressorOpt,
+    pool: Optional[int] = PoolOpt,
     batch_size: Optional[int] = typer.Option(
         None, help="Frames per forward pass (default: chosen from free GPU memory; 8 on CPU)."),
     chunk_frames: int = typer.Option(128, help="Frames per cache chunk (the unit of resuming)."),
@@ -57,7 +60,8 @@ def compress(
 
     n_threads = threads_for(threads)
     quiet_transformers()
-    m = load_model(path, device=device, dtype=dtype, voco_tokens=voco_tokens)
+    m = load_model(path, device=device, dtype=dtype, voco_tokens=voco_tokens, compressor=compressor, pool=pool,
+                   notice=lambda s: err.print(s))
     with compress_progress() as progress:
         res = compress_video(m, video, output, sampling, batch_size=batch_size, chunk_frames=chunk_frames,
                              overwrite=overwrite, cache_dtype=cache_dtype, compile=compile, video_backend=video_backend,
@@ -65,10 +69,14 @@ def compress(
     if as_json:
         out.print_json(json.dumps({**res.to_dict(), "threads": n_threads}))
     elif res.computed:
-        out.print(f"{res.path}: {res.frames} frames, K={m.layout.k}; compressed {res.computed} frames in "
+        out.print(f"{res.path}: {res.frames} frames, {_kept(m)}; compressed {res.computed} frames in "
                   f"{res.seconds:.1f} s ({res.frames_per_s:.1f} frames/s, {res.backend})")
     else:
-        out.print(f"{res.path}: {res.frames} frames, K={m.layout.k}")
+        out.print(f"{res.path}: {res.frames} frames, {_kept(m)}")
+
+
+def _kept(m) -> str:
+    return f"K={m.layout.k}" if m.compressor == "voco" else f"{m.compressor}: {m.layout.k} tokens per frame"
 
 
 def info(
@@ -89,7 +97,8 @@ def info(
                    + (f", {info.last.frames_lost} lost" if info.last.frames_lost else "")
                    + ("" if info.last.final else " (unfinished)")),
         ("sampling", f"fps={s['fps']} start={s['start']} end={s['end']} max_frames={s['max_frames']}"),
-        ("voco tokens", f"K={meta.k} per frame, first VoCo position c0={meta.c0}"),
+        ("voco tokens" if meta.compressor == "voco" else "kept tokens",
+         f"K={meta.k} per frame, first {'VoCo' if meta.compressor == 'voco' else 'kept'} position c0={meta.c0}"),
         ("model", f"{meta.model_fingerprint} ({_model_name(meta.model_path)}; {meta.family}, "
                   f"compressor {meta.compressor})"),
         ("dtype", meta.dtype if meta.storage == meta.dtype else f"{meta.dtype}, stored as {meta.storage}"),

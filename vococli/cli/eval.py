@@ -14,8 +14,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from vococli.cli.common import (DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, Rate, ThreadsOpt, answer_weights,
-                                check_decode_device, err, model_path, out, quiet_transformers, threads_for)
+from vococli.cli.common import (CompressorOpt, DecodeOpt, DeviceOpt, DtypeOpt, Load4bitOpt, ModelOpt, PoolOpt, Rate,
+                                ThreadsOpt, answer_weights, check_decode_device, err, model_path, out, quiet_transformers, threads_for)
 from vococli.errors import UserError
 
 
@@ -38,6 +38,8 @@ def eval_command(
     fps: float = typer.Option(1.0, help="Frames sampled per second of video."),
     max_frames: Optional[int] = typer.Option(None, help="Cap on frames per video (spread evenly)."),
     voco_tokens: Optional[int] = typer.Option(None, help="VoCo tokens per frame (default: the checkpoint's)."),
+    compressor: Optional[str] = CompressorOpt,
+    pool: Optional[int] = PoolOpt,
     suffix: Optional[str] = typer.Option(None, help="Text appended to every question (default: ' Answer the "
                                          "question using a single word or phrase.'; '' for none)."),
     max_new_tokens: int = typer.Option(32, help="Longest answer in tokens (greedy decoding)."),
@@ -118,14 +120,15 @@ def eval_command(
 
         per_worker = threads if threads is not None else max(1, n_threads // workers)
         settings = WorkerSettings(model_folder, None if device == "auto" else device, dtype, weights, per_worker,
-                                  gpus_per_worker)
+                                  gpus_per_worker, compressor, pool)
         with progress_for_eval(len(items)) as (on_video, on_item):
             summary = run_eval_ray(settings, items, cfg, annotations, detected, ray, workers, on_video, on_item)
         return report_summary(summary, out_dir, as_json)
     if weights == "int4":
         dev = resolve_device(device)
         check_int4_target(dev, resolve_dtype(dtype, dev))  # before the model loads
-    m = load_model(model_folder, device=device, dtype=dtype, voco_tokens=voco_tokens)
+    m = load_model(model_folder, device=device, dtype=dtype, voco_tokens=voco_tokens, compressor=compressor, pool=pool,
+                   notice=lambda s: err.print(s))
     # the 4-bit answerer shares the embeddings and head with the compressing model; only the
     # decoder's Linear weights are held twice (in full and in 4-bit)
     answerer = answering_model(m, weights) if weights != "full" else None

@@ -16,7 +16,8 @@ from typing import Callable
 
 from vococli.errors import UserError
 
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts"}
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts",
+                  ".jpg", ".jpeg", ".png"}  # images: one frame each
 
 
 def list_inputs(inputs: Path, dataset: str | None = None, videos: Path | None = None) -> list[Path]:
@@ -54,7 +55,7 @@ def _from_annotations(qa: Path, dataset: str | None, videos: Path | None) -> lis
 def compress_many(videos: list[Path], out: Path, model: str, sampling, cache_dtype: str = "auto",
                   batch_size: int | None = None, ray_address: str | None = None, workers: int = 1,
                   threads: int = 1, gpus: float = 0.0, device: str | None = None, dtype: str | None = None,
-                  on_result: Callable[[dict, int, int], None] | None = None) -> list[dict]:
+                  compressor: str | None = None, pool: int | None = None, on_result: Callable[[dict, int, int], None] | None = None) -> list[dict]:
     """One result per video ({video, cache, frames_computed, seconds} or {video, error}), in the
     order the videos were given."""
     out = Path(out)
@@ -63,7 +64,7 @@ def compress_many(videos: list[Path], out: Path, model: str, sampling, cache_dty
     if ray_address is None:
         from vococli.cluster.workers import VocoWorker, WorkerSettings
 
-        worker = VocoWorker(WorkerSettings(model, device, dtype, threads=threads))
+        worker = VocoWorker(WorkerSettings(model, device, dtype, threads=threads, compressor=compressor, pool=pool))
         results = []
         for v in videos:
             results.append(worker.compress(str(v), str(out), sampling, cache_dtype, batch_size))
@@ -72,7 +73,7 @@ def compress_many(videos: list[Path], out: Path, model: str, sampling, cache_dty
         return results
     from vococli.cluster.workers import WorkerSettings, connect, start_workers
 
-    settings = WorkerSettings(model, device, dtype, threads=threads, gpus=gpus)
+    settings = WorkerSettings(model, device, dtype, threads=threads, gpus=gpus, compressor=compressor, pool=pool)
     ray = connect(ray_address, workers, settings)
     actors = start_workers(ray, workers, settings)
     from ray.util import ActorPool

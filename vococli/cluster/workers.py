@@ -34,6 +34,8 @@ class WorkerSettings:
     weights: str = "full"  # answering weights (eval)
     threads: int = 1  # torch threads per worker
     gpus: float = 0.0  # GPUs per worker
+    compressor: str | None = None  # load_model's (None: the checkpoint's default)
+    pool: int | None = None
 
 
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode, every address 127.0.0.1
@@ -80,7 +82,8 @@ class VocoWorker:
 
         quiet_library_imports()
         use_threads(settings.threads)
-        self.model = load_model(settings.model, device=settings.device, dtype=settings.dtype)
+        self.model = load_model(settings.model, device=settings.device, dtype=settings.dtype,
+                                compressor=settings.compressor, pool=settings.pool)
         self.answerer = self.model if settings.weights == "full" else answering_model(self.model, settings.weights)
 
     def ready(self) -> int:

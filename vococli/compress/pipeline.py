@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from vococli.cache.meta import CacheMeta, video_identity
-from vococli.compressors import DEFAULT_COMPRESSOR
 from vococli.cache.writer import CacheWriter, ChunkQueue
 from vococli.errors import UserError
 from vococli.video.feed import Backoff, Prefetcher, auto_batch_size, frames_tensor
@@ -103,7 +102,7 @@ def compress_video(model: VocoModel, video: str | Path, out: str | Path | None =
         dtype=DTYPE_NAMES[model.dtype], storage=DTYPE_NAMES[model.dtype] if cache_dtype == "auto" else cache_dtype,
         video=video_identity(video), sampling=sampling.to_dict(), planned_frames=int(len(plan)),
         backend=reader.backend, video_duration_s=round(reader.duration, 6), family=model.family.name,
-        compressor=DEFAULT_COMPRESSOR)
+        compressor=model.compressor)
     with CacheWriter(out, meta, overwrite=overwrite, wait_s=wait_s, on_wait=on_wait) as writer:  # locks the folder until the end
         total = len(plan)
         if writer.finished:

@@ -36,7 +36,8 @@ def frame_embeddings(model: VocoModel, feats: torch.Tensor) -> torch.Tensor:
     head = embed(torch.tensor([lay.bos_id]).to(dev, non_blocking=True))  # (1, hidden)
     tail = embed(torch.tensor(list(lay.separator_ids) + [lay.voco_id] * lay.k).to(dev, non_blocking=True))
     b = feats.shape[0]
-    return torch.cat([head.expand(b, -1, -1), feats.to(head.dtype), tail.expand(b, -1, -1)], dim=1)
+    image = [feats.to(head.dtype)] if lay.n_image else []  # the stock layout's slots take the features
+    return torch.cat([head.expand(b, -1, -1), *image, tail.expand(b, -1, -1)], dim=1)
 
 
 def prefill_frames(model: VocoModel, embeds: torch.Tensor, shift: torch.Tensor,
@@ -147,8 +148,12 @@ def compress_embeddings(model: VocoModel, embeds: torch.Tensor) -> tuple[torch.T
 
 @torch.inference_mode()
 def compress_pixels(model: VocoModel, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 3, S, S) pixel batch -> VoCo keys, values (L, B, Hkv, K, D)."""
-    return compress_embeddings(model, frame_embeddings(model, image_features(model, pixels)))
+    """(B, 3, S, S) pixel batch -> kept keys, values (L, B, Hkv, K, D) of the model's compressor."""
+    feats = image_features(model, pixels)
+    embeds = frame_embeddings(model, feats)
+    if model.compressor != "voco":  # pool / full: the slots hold the image features
+        embeds = get_compressor(model.compressor).slot_embeddings(embeds, feats, model.layout, None)
+    return compress_embeddings(model, embeds)
 
 
 # batch sizes one process may compile stage 1 for (a run has its batch size, a smaller last batch

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 class Compressor:
     name: str = ""
     module_file: str | None = None  # its own weights' file in a checkpoint folder, when it has any
+    stock = False  # usable on any checkpoint, VoCo-trained or not, in the stock layout (compressors/pool.py)
 
     def frame_allowed(self, layout: VocoLayout) -> torch.Tensor:
         """Boolean (fl, fl) attention inside one frame's stage-1 sequence: plain causal by default."""

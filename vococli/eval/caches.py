@@ -30,6 +30,8 @@ def cache_key(video: Path, model: VocoModel, sampling: Sampling, cache_dtype: st
     ident = video_identity(video)
     key = {"size": ident["size"], "sha256_ends": ident["sha256_ends"], "model": fingerprint or model.fingerprint,
            "k": model.layout.k, "sampling": sampling.to_dict()}
+    if model.compressor != "voco":  # keeps the names of VoCo caches made before other compressors
+        key["compressor"] = model.compressor
     if cache_dtype != "auto":  # keeps the names of caches made before the option existed
         key["storage"] = cache_dtype
     if model.dtype != torch.float32:  # a float32 (CPU) and a bf16 (GPU) run can share a cache folder

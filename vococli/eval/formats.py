@@ -26,7 +26,7 @@ ACTIVITYNET_TYPES = {0: "motion", 1: "spatial", 2: "temporal", 3: "yes/no", 4: "
                      6: "location", 7: "number", 8: "other"}
 # MSVD-QA and MSRVTT-QA report accuracy by the question word
 WH_WORDS = ("what", "who", "how", "when", "where")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".jpg", ".jpeg", ".png")  # images: one frame
 # what MSVD-QA, MSRVTT-QA and ActivityNet-QA evaluations append to each question (short answers)
 SHORT_ANSWER_SUFFIX = " Answer the question using a single word or phrase."
 

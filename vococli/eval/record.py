@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vococli.answer.paths import resolve_decode
-from vococli.compressors import DEFAULT_COMPRESSOR
 from vococli.errors import UserError
 from vococli.eval.formats import file_sha256
 from vococli.families.loading import DTYPE_NAMES
@@ -55,7 +54,7 @@ def run_record(model: VocoModel, cfg: EvalConfig, annotations: list[Path], fmt: 
         "earlier_model_fingerprints": list(model.earlier_fingerprints), "k": model.layout.k,
         "dtype": DTYPE_NAMES[model.dtype], "device": str(model.device),
         "sampling": cfg.sampling.to_dict(), "cache_dtype": cfg.cache_dtype,
-        "answer_weights": (answerer or model).weights, "family": model.family.name, "compressor": DEFAULT_COMPRESSOR,
+        "answer_weights": (answerer or model).weights, "family": model.family.name, "compressor": model.compressor,
         "decode": resolve_decode(answerer or model, cfg.decode),  # recorded; paths agree up to rounding
         "prompt": {"suffix": cfg.suffix, "chat_template": template,
                    "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest()},

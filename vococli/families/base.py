@@ -23,13 +23,20 @@ VOCO_TOKEN = "<voco>"
 
 @dataclass(frozen=True)
 class VocoLayout:
-    """Token layout of one compressed frame: `BOS | image | separator | <voco> x K`."""
+    """Token layout of one compressed frame: `BOS | image | separator | <voco> x K`.
+
+    For the compressors that need no VoCo training (`pool`, `full`: compressors/pool.py) a frame
+    is `BOS | slot x K`: no image tokens or separator in the sequence (`n_image` 0), the slots
+    hold the frame's image features (pooled or not), and the text also sees the first frame's
+    BOS (`bos_visible`), as a stock model always sees the start of its sequence.
+    """
 
     bos_id: int
     n_image: int
     separator_ids: tuple[int, ...]
     voco_id: int
     k: int
+    bos_visible: bool = False
 
     @property
     def c0(self) -> int:
@@ -122,6 +129,7 @@ class VocoModel:
     weights: str = "full"  # the decoder's Linear weights: "full" (dtype), "nf4" or "int4" (choices.Weights)
     family: ModelFamily | None = None  # None: the LLaVA + LLaMA family
     earlier_fingerprints: tuple[str, ...] = ()  # what earlier vococli versions called the same checkpoint
+    compressor: str = "voco"  # what compress keeps per frame (vococli.compressors; the layout follows it)
 
     @property
     def fingerprints(self) -> tuple[str, ...]:
@@ -146,6 +154,32 @@ class VocoModel:
     @property
     def max_positions(self) -> int:
         return int(self.text_config.max_position_embeddings)
+
+
+def is_voco_checkpoint(config, tokenizer) -> bool:
+    """Whether a checkpoint was made for VoCo: `<voco>` in its tokenizer and K in its config."""
+    voco_id = tokenizer.convert_tokens_to_ids(VOCO_TOKEN)
+    return (voco_id is not None and voco_id != tokenizer.unk_token_id
+            and getattr(config, "voco_num_tokens", None) is not None)
+
+
+def image_grid(config) -> int:
+    """Side of a frame's square grid of image tokens (`image_seq_length` = side^2)."""
+    n_image = getattr(config, "image_seq_length", None)
+    side = int(round(n_image ** 0.5)) if isinstance(n_image, int) and n_image > 0 else 0
+    if side * side != n_image:
+        raise UserError(f"the checkpoint's config has image_seq_length {n_image!r}: pooling needs a square grid "
+                        "of image tokens")
+    return side
+
+
+def stock_layout(config, tokenizer, k: int) -> VocoLayout:
+    """The `BOS | slot x k` layout of the pool and full compressors (any checkpoint of the family)."""
+    bos = tokenizer.bos_token_id
+    image_id = getattr(config, "image_token_index", None)
+    if not isinstance(bos, int) or not isinstance(image_id, int):
+        raise UserError("the checkpoint's tokenizer has no BOS token or its config no image_token_index")
+    return VocoLayout(bos_id=bos, n_image=0, separator_ids=(), voco_id=image_id, k=k, bos_visible=True)
 
 
 def read_layout(config, tokenizer, k: int | None = None) -> VocoLayout:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from vococli.defaults import HUB_ID
 from vococli.errors import UserError
-from vococli.families.base import VocoModel, read_layout
+from vococli.families.base import VocoModel, image_grid, is_voco_checkpoint, read_layout, stock_layout
 from vococli.families.quantize import check_int4_target, check_weights
 from vococli.quiet import no_progress_bars
 
@@ -171,11 +174,15 @@ def check_folder(path: str | Path) -> Path:
 
 def load_model(path: str | Path | None = None, device: str | None = None, dtype: str | None = None,
                vision: bool = True, weights: str = "full", voco_tokens: int | None = None,
-               attn: str | None = None, allow_baseline: bool = False) -> VocoModel:
-    """Load a VoCo checkpoint folder (default: $VOCOCLI_MODEL, else the bundled default model).
+               attn: str | None = None, allow_baseline: bool = False, compressor: str | None = None,
+               pool: int | None = None, notice: Callable[[str], None] | None = None) -> VocoModel:
+    """Load a checkpoint folder (default: $VOCOCLI_MODEL, else the bundled default model).
 
     With `vision=False` only the language model and its head are loaded (all that answering
     needs); `weights` "nf4" or "int4" makes that language model's decoder 4-bit (quantize.py).
+    `compressor` is what compress keeps per frame: `voco` (the default for VoCo checkpoints),
+    `pool` (`pool` = G: G x G averaged image tokens; the default, with a notice, for checkpoints
+    that never learned VoCo) or `full`; for pool, `voco_tokens` may give K = G x G instead.
     Baseline checkpoints of `vococli experiment` (avg-pool) load only with `allow_baseline`.
     """
     from transformers import AutoConfig, AutoTokenizer
@@ -199,11 +206,8 @@ def load_model(path: str | Path | None = None, device: str | None = None, dtype:
     except Exception as e:  # whatever the file holds is the user's data: one line, never a traceback
         raise UserError(f"{path}/config.json: not a usable model config ({_first_line(e)})") from None
     family = family_for_config(config, path)
-    if getattr(config, "voco_compressor", "voco") != "voco" and not allow_baseline:
-        raise UserError(f"{path}: a {config.voco_compressor!r} baseline made for `vococli experiment`, "
-                        "not a VoCo model; compress and ask need a VoCo checkpoint")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    layout = read_layout(config, tokenizer, voco_tokens)
+    compressor, layout = _choose_layout(path, config, tokenizer, compressor, pool, voco_tokens, allow_baseline, notice)
     fingerprint = fingerprint_checkpoint(path)  # also refuses a weight file whose header is damaged
     try:
         with no_progress_bars():
@@ -216,7 +220,54 @@ def load_model(path: str | Path | None = None, device: str | None = None, dtype:
     return VocoModel(lm=lm, llava=full, tokenizer=tokenizer, layout=layout, image=family.image_spec(path, config),
                      fingerprint=fingerprint, earlier_fingerprints=(earlier_fingerprint(path),),
                      path=os.fspath(path), device=dev, dtype=dt,
-                     weights=weights, family=family)
+                     weights=weights, family=family, compressor=compressor)
+
+
+DEFAULT_POOL = 4  # G of `--compressor pool` when not given (clamped to the frame's grid)
+
+
+def _choose_layout(path, config, tokenizer, compressor, pool, voco_tokens, allow_baseline, notice):
+    """(compressor name, layout) for loading `path` (load_model's rules)."""
+    from vococli.compressors import stock_compressors
+
+    voco = is_voco_checkpoint(config, tokenizer)
+    told = compressor is None and not voco and voco_tokens is None  # compressing: say so instead of refusing
+    if compressor is None and not voco:
+        compressor = "pool"
+    if compressor in (None, "voco"):
+        if compressor == "voco" and not voco:
+            raise UserError(f"{path}: not a VoCo checkpoint (no <voco> token or voco_num_tokens), so it cannot "
+                            f"compress with --compressor voco; use --compressor pool or full")
+        if getattr(config, "voco_compressor", "voco") != "voco" and not allow_baseline:
+            raise UserError(f"{path}: a {config.voco_compressor!r} baseline made for `vococli experiment`, "
+                            "not a VoCo model; compress and ask need a VoCo checkpoint")
+        if pool is not None:
+            raise UserError("--pool is for --compressor pool")
+        return "voco", read_layout(config, tokenizer, voco_tokens)
+    if compressor not in stock_compressors():
+        raise UserError(f"--compressor {compressor!r}: choose voco, {' or '.join(stock_compressors())}")
+    side = image_grid(config)
+    if compressor == "full":
+        if pool is not None or voco_tokens not in (None, side * side):
+            raise UserError(f"--compressor full keeps all {side * side} image tokens of a frame; "
+                            f"{'--pool is for --compressor pool' if pool is not None else f'not {voco_tokens}'}")
+        return "full", stock_layout(config, tokenizer, side * side)
+    if pool is None and voco_tokens is not None:
+        pool = math.isqrt(voco_tokens)
+        if pool * pool != voco_tokens:
+            raise UserError(f"the pool compressor keeps G x G tokens per frame, not {voco_tokens}")
+    g = min(pool or DEFAULT_POOL, side) if pool is None else pool
+    if type(g) is not int or not 1 <= g <= side:
+        raise UserError(f"--pool must be between 1 and {side} (the frame's grid of image tokens is {side}x{side}), "
+                        f"got {pool}")
+    if told:
+        (notice or _stderr)(f"note: {path} is not a VoCo checkpoint: each frame keeps its image tokens averaged "
+                            f"to {g}x{g} (--compressor pool --pool {g}; --compressor full keeps all {side * side})")
+    return "pool", stock_layout(config, tokenizer, g * g)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def answering_model(model: VocoModel, weights: str = "full") -> VocoModel:

@@ -64,7 +64,7 @@ class TinyConfig:
     intermediate: int = 128
     vocab_size: int = 384
     max_positions: int = 4096
-    voco_tokens: int = 2
+    voco_tokens: int = 2  # 0: a stock LLaVA checkpoint (no <voco> token, no voco_num_tokens)
     vision_heads: int = 4
     corpus: str = "default"  # "default", or "synth": also learn whole-word merges for `vococli synth` text
     attention_bias: bool = False  # biases on the LLaMA q/k/v/o and MLP projections
@@ -99,14 +99,15 @@ def corpus_text(name: str) -> list[str]:
     raise ValueError(f"unknown tokenizer corpus {name!r}")
 
 
-def build_tokenizer(vocab_size: int, corpus: str = "default") -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on a built-in corpus: any text encodes, common words compactly."""
+def build_tokenizer(vocab_size: int, corpus: str = "default", voco: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on a built-in corpus: any text encodes, common words compactly.
+    Without `voco` it has no `<voco>` token, as a stock LLaVA tokenizer has none."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=SPECIAL_TOKENS if voco else [t for t in SPECIAL_TOKENS if t != VOCO_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -120,7 +121,7 @@ def build_tokenizer(vocab_size: int, corpus: str = "default") -> PreTrainedToken
         eos_token="</s>",
         unk_token="<unk>",
         pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN, "voco_token": VOCO_TOKEN},
+        extra_special_tokens={"image_token": IMAGE_TOKEN, **({"voco_token": VOCO_TOKEN} if voco else {})},
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -161,15 +162,16 @@ def tiny_llava_config(cfg: TinyConfig, tokenizer: PreTrainedTokenizerFast, attn:
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
     )
-    config.voco_num_tokens = cfg.voco_tokens
-    config.voco_separator = "\n"
+    if cfg.voco_tokens:  # 0: a stock checkpoint that never learned VoCo
+        config.voco_num_tokens = cfg.voco_tokens
+        config.voco_separator = "\n"
     config._attn_implementation = attn
     return config
 
 
 def build_tiny_model(cfg: TinyConfig = TinyConfig(), attn: str = "sdpa"):
     """Return (model, tokenizer) with random weights drawn from `cfg.seed`."""
-    tokenizer = build_tokenizer(cfg.vocab_size, cfg.corpus)
+    tokenizer = build_tokenizer(cfg.vocab_size, cfg.corpus, voco=cfg.voco_tokens > 0)
     config = tiny_llava_config(cfg, tokenizer, attn)
     torch.manual_seed(cfg.seed)
     model = LlavaForConditionalGeneration(config).eval()
