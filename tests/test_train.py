@@ -368,7 +368,8 @@ def test_prompts_render_with_templates_that_need_typed_content(tmp_path):
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"compressor": "pool"}, "^compressor 'pool': choose one of voco, full, avgpool, qformer"),
+    ({"compressor": "grid"}, "^compressor 'grid': choose one of voco, full, avgpool, qformer, pool"),
+    ({"compressor": "pool"}, "^--compressor pool makes caches from checkpoints as they are"),
     ({"mask": "none"}, "^mask 'none': choose one of voco, causal"),
     ({"mask": "causal", "compressor": "avgpool"}, "^--mask causal trains the full compressor"),
 ])

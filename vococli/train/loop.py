@@ -125,7 +125,9 @@ def _train(cfg: TrainConfig, resume: bool, on_step, notice, given) -> TrainState
     from vococli.compressors import DEFAULT_COMPRESSOR, get_compressor
 
     check(cfg.mask, TrainMask, "mask")
-    get_compressor(cfg.compressor)  # refuses a name no compressor has
+    if get_compressor(cfg.compressor).stock and cfg.compressor != "full":  # refuses a name no compressor has
+        raise UserError(f"--compressor {cfg.compressor} makes caches from checkpoints as they are "
+                        "(`vococli compress --compressor`); it has nothing to train")
     if cfg.mask == "causal" and cfg.compressor not in (DEFAULT_COMPRESSOR, "full"):
         raise UserError(f"--mask causal trains the full compressor (every frame token kept); it cannot be combined "
                         f"with --compressor {cfg.compressor}")
