@@ -146,3 +146,15 @@ def test_cli_mistakes_are_one_line(stock, tmp_path, args, says):
     r = run("compress", root / "photo.png", "--model", ckpt, "--out", tmp_path / "x.voco", *args)
     assert r.returncode != 0 and says in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_voco_checkpoint_also_pools_when_asked(stock, tiny_ckpt, tmp_path):
+    root, _ = stock
+    r = run("compress", root / "photo.png", "--model", tiny_ckpt, "--out", tmp_path / "v.voco", "--pool", "2", "--json")
+    assert r.returncode == 0 and "not a VoCo checkpoint" not in r.stderr, r.stderr
+    meta = read_info(tmp_path / "v.voco").meta
+    assert (meta.compressor, meta.k, meta.c0) == ("pool", 4, 1)
+    r = run("ask", tmp_path / "v.voco", QUESTION, "--model", tiny_ckpt, "--json", "--max-new-tokens", "3")
+    assert r.returncode == 0, r.stderr
+    r = run("compress", root / "photo.png", "--model", tiny_ckpt, "--out", tmp_path / "k.voco")
+    assert r.returncode == 0 and read_info(tmp_path / "k.voco").meta.compressor == "voco", r.stderr

@@ -15,7 +15,8 @@ ModelOpt = typer.Option(None, "--model", "-m", help="Checkpoint folder (or hub i
 CompressorOpt = typer.Option(None, help="What each frame keeps: voco (the default for VoCo checkpoints), pool "
                              "(image tokens averaged to G x G: the default for checkpoints that never learned VoCo) "
                              "or full (every image token).")
-PoolOpt = typer.Option(None, help="G of --compressor pool (default 4, at most the frame's grid).")
+PoolOpt = typer.Option(None, help="G of --compressor pool (default 4, at most the frame's grid); given alone, it "
+                       "means --compressor pool.")
 DeviceOpt = typer.Option("auto", help="cpu, cuda, cuda:1 ... (auto: GPU when present).")
 DtypeOpt = typer.Option("auto", help="float32, bfloat16 or float16 (auto: bf16 on GPU, fp32 on CPU).")
 DecodeOpt = typer.Option("auto", help="Answering path: dynamic (growing cache), static (pre-allocated cache), "

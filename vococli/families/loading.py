@@ -231,7 +231,9 @@ def _choose_layout(path, config, tokenizer, compressor, pool, voco_tokens, allow
     from vococli.compressors import stock_compressors
 
     voco = is_voco_checkpoint(config, tokenizer)
-    told = compressor is None and not voco and voco_tokens is None  # compressing: say so instead of refusing
+    told = compressor is None and not voco and voco_tokens is None and pool is None  # say so instead of refusing
+    if compressor is None and pool is not None:  # --pool G alone means --compressor pool
+        compressor = "pool"
     if compressor is None and not voco:
         compressor = "pool"
     if compressor in (None, "voco"):
