@@ -232,9 +232,7 @@ def _choose_layout(path, config, tokenizer, compressor, pool, voco_tokens, allow
 
     voco = is_voco_checkpoint(config, tokenizer)
     told = compressor is None and not voco and voco_tokens is None and pool is None  # say so instead of refusing
-    if compressor is None and pool is not None:  # --pool G alone means --compressor pool
-        compressor = "pool"
-    if compressor is None and not voco:
+    if compressor is None and (pool is not None or not voco):  # --pool G alone means --compressor pool
         compressor = "pool"
     if compressor in (None, "voco"):
         if compressor == "voco" and not voco:
@@ -258,7 +256,7 @@ def _choose_layout(path, config, tokenizer, compressor, pool, voco_tokens, allow
         pool = math.isqrt(voco_tokens)
         if pool * pool != voco_tokens:
             raise UserError(f"the pool compressor keeps G x G tokens per frame, not {voco_tokens}")
-    g = min(pool or DEFAULT_POOL, side) if pool is None else pool
+    g = min(DEFAULT_POOL, side) if pool is None else pool
     if type(g) is not int or not 1 <= g <= side:
         raise UserError(f"--pool must be between 1 and {side} (the frame's grid of image tokens is {side}x{side}), "
                         f"got {pool}")
